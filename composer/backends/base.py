@@ -1,0 +1,114 @@
+"""The Backend contract every expert runtime implements.
+
+A backend is created from its ExpertSpec (constructor stores it, nothing else), then
+`load()` makes it ready, `generate(queries)` answers a batch (list in, list out, same length),
+and `unload()` frees what `load()` took. `footprint` is the memory it needs while loaded.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from typing import TYPE_CHECKING
+
+from composer.errors import BackendError
+from composer.types import Candidate, Query
+
+if TYPE_CHECKING:
+    from composer.config import ExpertSpec
+
+
+class Backend(abc.ABC):
+    """Base class: subclasses implement `_load`, `_unload`, `_generate` and `_footprint`."""
+
+    remote: bool = False  # remote backends cost no load and hold no local memory
+
+    def __init__(self, spec: "ExpertSpec", base_dir: str | None = None):
+        self.spec = spec
+        self.base_dir = base_dir
+        self._loaded = False
+        self.load_count = 0
+        self.unload_count = 0
+        self.last_load_s = 0.0
+        self.last_unload_s = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def footprint(self) -> int:
+        """Bytes this expert occupies while loaded (spec value, else derived by the backend)."""
+        if self.spec.footprint_bytes is not None:
+            return self.spec.footprint_bytes
+        return 0 if self.remote else self._footprint()
+
+    def _footprint(self) -> int:
+        return 0
+
+    def load(self) -> float:
+        """Make the expert ready. Idempotent. Returns the seconds it took (0 if already loaded)."""
+        if self._loaded:
+            return 0.0
+        t0 = time.perf_counter()
+        self._load()
+        self._loaded = True
+        self.load_count += 1
+        self.last_load_s = time.perf_counter() - t0
+        return self.last_load_s
+
+    def unload(self) -> float:
+        """Free what load() took. Idempotent. Returns the seconds it took."""
+        if not self._loaded:
+            return 0.0
+        t0 = time.perf_counter()
+        try:
+            self._unload()
+        finally:
+            self._loaded = False
+            self.unload_count += 1
+        self.last_unload_s = time.perf_counter() - t0
+        return self.last_unload_s
+
+    def generate(self, queries: list[Query]) -> list[Candidate]:
+        """Answer a batch. Per-query failures come back as Candidates with `error` set; a
+        failure of the whole backend raises BackendError."""
+        if not queries:
+            return []
+        if not self._loaded:
+            self.load()
+        out = self._generate(list(queries))
+        if len(out) != len(queries):
+            raise BackendError(f"returned {len(out)} candidates for {len(queries)} queries",
+                               expert=self.name)
+        return out
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    def settings_for(self, q: Query) -> dict:
+        g = self.spec.generation
+        return {
+            "max_tokens": q.max_tokens if q.max_tokens is not None else g.max_tokens,
+            "temperature": q.temperature if q.temperature is not None else g.temperature,
+            "top_p": g.top_p,
+            "stop": list(q.stop) if q.stop is not None else list(g.stop),
+            "seed": q.seed if q.seed is not None else g.seed,
+        }
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return self.spec.price.cost(prompt_tokens, completion_tokens)
+
+    @abc.abstractmethod
+    def _load(self) -> None: ...
+
+    @abc.abstractmethod
+    def _unload(self) -> None: ...
+
+    @abc.abstractmethod
+    def _generate(self, queries: list[Query]) -> list[Candidate]: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, loaded={self._loaded})"

