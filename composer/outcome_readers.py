@@ -1,0 +1,316 @@
+"""Readers from outcome file formats into composer's long `OutcomeTable`.
+
+Formats (pick one with `format=`, or let `detect_format` choose):
+
+- ``routerdc``: a JSON list of ``{"question": str, "scores": {model: score}}`` (RouterDC's
+  datasets). The task is the file name without a ``_train``/``_test`` suffix
+  (``mmlu_test.json`` -> ``mmlu``, ``gsm8k-train.json`` -> ``gsm8k``).
+- ``routellm``: a CSV with ``prompt`` then one True/False column per model and optional
+  ``<model>_response`` columns (RouteLLM's ``mmlu_<subject>.csv``, ``gsm8k_responses.csv``).
+  The task is the file name up to its first ``_``.
+- ``routerbench``: RouterBench's wide CSV: ``prompt``, ``eval_name`` (the task), one score
+  column per model, ``<model>|model_response``, ``<model>|total_cost``, optional ``sample_id``
+  and ``oracle_model_to_route_to``. Models are the ones with a ``|model_response`` column
+  (RouterBench's own rule), else the ones with a ``|total_cost`` column.
+- ``long``: composer's own long format as CSV or JSONL: ``prompt``, ``expert``, ``score``
+  and optional ``query_id``, ``task``, ``cost``, ``response``.
+
+Every reader raises `OutcomeFormatError` naming the file, the row and the column.
+Row numbers count data records from 1 (a CSV header is not a row; a multi-line prompt is one row).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from composer.errors import OutcomeFormatError
+from composer.outcomes import OutcomeTable
+
+FORMATS = ("routerdc", "routellm", "routerbench", "long")
+_TRUE = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
+_MISSING = {"", "nan", "none", "null", "na", "n/a"}
+_SPLIT_SUFFIX = re.compile(r"[_-](train|test|val|valid|dev)$", re.IGNORECASE)
+
+
+def parse_scores(values: pd.Series, *, source: str, column: str, row_offset: int = 1) -> pd.Series:
+    """Parse a column of scores: numbers, True/False, or empty/NaN/null for missing.
+
+    Anything else raises OutcomeFormatError naming the source, the (1-based) row and the column.
+    """
+    if values.dtype == bool:
+        return values.astype(float)
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return values.astype(float)
+    text = values.map(lambda v: v if isinstance(v, str) else ("" if v is None or
+                                                              (isinstance(v, float) and np.isnan(v)) else v))
+    if all(isinstance(v, str) for v in text):  # the common case (CSV cells): vectorised
+        s = text.str.strip().str.lower()
+        missing = s.isin(_MISSING)
+        out = s.map(_TRUE).astype(float)
+        rest = ~missing & out.isna()
+        if rest.any():
+            num = pd.to_numeric(s[rest], errors="coerce")
+            bad = num.isna()
+            if bad.any():
+                idx = bad.idxmax()
+                _bad(source, idx, row_offset, column, text[idx])
+            out[rest] = num
+        return out
+    out = pd.Series(np.nan, index=values.index, dtype=float)
+    for idx, v in text.items():
+        if isinstance(v, bool):
+            out[idx] = float(v)
+        elif isinstance(v, (int, float)):
+            out[idx] = float(v)
+        elif isinstance(v, str):
+            s = v.strip().lower()
+            if s in _MISSING:
+                continue
+            if s in _TRUE:
+                out[idx] = _TRUE[s]
+                continue
+            try:
+                out[idx] = float(s)
+            except ValueError:
+                _bad(source, idx, row_offset, column, v)
+        else:
+            _bad(source, idx, row_offset, column, v)
+    return out
+
+
+def _bad(source: str, idx, row_offset: int, column: str, value) -> None:
+    pos = int(idx) + row_offset if isinstance(idx, (int, np.integer)) else idx
+    raise OutcomeFormatError(
+        f"{source}: row {pos}, column '{column}': cannot read {value!r} as a score; "
+        "use a number, True/False, or leave it empty for a missing score")
+
+
+def task_from_name(path: Path, fmt: str) -> str:
+    stem = path.stem
+    if fmt == "routellm":
+        return stem.split("_", 1)[0]
+    return _SPLIT_SUFFIX.sub("", stem)
+
+
+# -- detection -----------------------------------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return "long"
+    if suffix == ".json":
+        with path.open("r", encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+        if not head.startswith("["):
+            raise OutcomeFormatError(f"{path}: expected a JSON list of outcome records")
+        if '"scores"' in head or '"question"' in head:
+            return "routerdc"
+        if '"expert"' in head:
+            return "long"
+        raise OutcomeFormatError(f"{path}: unknown JSON outcome format: records need "
+                                 "question+scores (RouterDC) or prompt+expert+score (long)")
+    if suffix == ".csv":
+        header = _csv_header(path)
+        if any("|model_response" in c or "|total_cost" in c for c in header) or "eval_name" in header:
+            return "routerbench"
+        if "expert" in header and "score" in header:
+            return "long"
+        if header and header[0] == "prompt":
+            return "routellm"
+        raise OutcomeFormatError(
+            f"{path}: row 0 (header): unknown CSV outcome format {header[:6]}; expected RouterBench "
+            "(prompt, eval_name, <model>, <model>|total_cost, ...), RouteLLM (prompt, <model>...) "
+            "or long (prompt, expert, score, ...) columns")
+    raise OutcomeFormatError(f"{path}: unknown outcome file type '{suffix}'; use .json, .jsonl or .csv")
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open("r", encoding="utf-8", newline="") as f:
+        try:
+            return next(csv.reader(f))
+        except StopIteration:
+            raise OutcomeFormatError(f"{path}: the file is empty") from None
+
+
+def read_file(path: str | Path, format: str = "auto") -> OutcomeTable:
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise OutcomeFormatError(f"unknown outcome format '{format}'; known: auto, {', '.join(FORMATS)}")
+    reader = {"routerdc": read_routerdc, "routellm": read_routellm,
+              "routerbench": read_routerbench, "long": read_long}[fmt]
+    return reader(path)
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+def read_routerdc(path: str | Path) -> OutcomeTable:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise OutcomeFormatError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise OutcomeFormatError(f"{path}: expected a JSON list of {{question, scores}} records")
+    task = task_from_name(path, "routerdc")
+    qid, prompt, expert, score = [], [], [], []
+    for i, item in enumerate(data):
+        row = i + 1
+        if not isinstance(item, dict):
+            raise OutcomeFormatError(f"{path}: row {row}: expected an object with 'question' and 'scores'")
+        q = item.get("question")
+        if not isinstance(q, str):
+            raise OutcomeFormatError(f"{path}: row {row}, column 'question': missing or not a string")
+        scores = item.get("scores")
+        if not isinstance(scores, dict) or not scores:
+            raise OutcomeFormatError(f"{path}: row {row}, column 'scores': missing or not a {{model: score}} object")
+        for model, s in scores.items():
+            if s is None:
+                s = np.nan
+            elif isinstance(s, bool):
+                s = float(s)
+            elif not isinstance(s, (int, float)):
+                raise OutcomeFormatError(f"{path}: row {row}, column 'scores.{model}': {s!r} is not a "
+                                         "number; use a number or null for a missing score")
+            qid.append(f"{path.stem}:{i}")
+            prompt.append(q)
+            expert.append(str(model))
+            score.append(float(s))
+    if not qid:
+        raise OutcomeFormatError(f"{path}: no outcome records")
+    frame = pd.DataFrame({"query_id": qid, "prompt": prompt, "task": task, "expert": expert,
+                          "score": score, "cost": np.nan, "response": None})
+    return OutcomeTable.from_frame(frame, str(path))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:
+        raise OutcomeFormatError(f"{path}: cannot parse CSV: {exc}") from None
+    except pd.errors.EmptyDataError:
+        raise OutcomeFormatError(f"{path}: the file is empty") from None
+
+
+def read_routellm(path: str | Path) -> OutcomeTable:
+    path = Path(path)
+    df = _read_csv(path)
+    if not len(df.columns) or df.columns[0] != "prompt":
+        raise OutcomeFormatError(f"{path}: row 0 (header), column 1: expected 'prompt' first, got "
+                                 f"{list(df.columns[:3])}")
+    models = [c for c in df.columns[1:] if not c.endswith("_response")]
+    if not models:
+        raise OutcomeFormatError(f"{path}: row 0 (header): no model score columns after 'prompt'")
+    for c in df.columns[1:]:
+        if c.endswith("_response") and c[: -len("_response")] not in models:
+            raise OutcomeFormatError(f"{path}: row 0 (header), column '{c}': response column for a model "
+                                     "without a score column")
+    task = task_from_name(path, "routellm")
+    ids = [f"{path.stem}:{i}" for i in range(len(df))]
+    parts = []
+    for m in models:
+        resp = df[f"{m}_response"] if f"{m}_response" in df.columns else None
+        parts.append(pd.DataFrame({
+            "query_id": ids, "prompt": df["prompt"], "task": task, "expert": m,
+            "score": parse_scores(df[m], source=str(path), column=m),
+            "cost": np.nan,
+            "response": resp.where(resp != "", None) if resp is not None else None,
+        }))
+    return OutcomeTable.from_frame(_interleave(parts), str(path))
+
+
+def read_routerbench(path: str | Path) -> OutcomeTable:
+    path = Path(path)
+    df = _read_csv(path)
+    cols = list(df.columns)
+    for need in ("prompt", "eval_name"):
+        if need not in cols:
+            raise OutcomeFormatError(f"{path}: row 0 (header): column '{need}' is missing; RouterBench CSVs "
+                                     "have prompt, eval_name, <model>, <model>|model_response, <model>|total_cost")
+    models = [c[: -len("|model_response")] for c in cols if c.endswith("|model_response")]
+    if not models:
+        models = [c[: -len("|total_cost")] for c in cols if c.endswith("|total_cost")]
+    if not models:
+        raise OutcomeFormatError(f"{path}: row 0 (header): no '<model>|model_response' or "
+                                 "'<model>|total_cost' columns, so no models to read")
+    for m in models:
+        if m not in cols:
+            raise OutcomeFormatError(f"{path}: row 0 (header), column '{m}': the score column of model "
+                                     f"'{m}' is missing (it has a '{m}|model_response' column)")
+    bad_task = df["eval_name"].str.strip() == ""
+    if bad_task.any():
+        i = int(np.flatnonzero(bad_task.to_numpy())[0])
+        raise OutcomeFormatError(f"{path}: row {i + 1}, column 'eval_name': empty; every row needs its eval name")
+    if "sample_id" in cols:
+        ids = df["sample_id"].astype(str).tolist()
+    else:
+        ids = [f"{path.stem}:{i}" for i in range(len(df))]
+    parts = []
+    for m in models:
+        cost_col, resp_col = f"{m}|total_cost", f"{m}|model_response"
+        resp = df[resp_col] if resp_col in cols else None
+        parts.append(pd.DataFrame({
+            "query_id": ids, "prompt": df["prompt"], "task": df["eval_name"], "expert": m,
+            "score": parse_scores(df[m], source=str(path), column=m),
+            "cost": (parse_scores(df[cost_col], source=str(path), column=cost_col)
+                     if cost_col in cols else np.nan),
+            "response": resp.where(resp != "", None) if resp is not None else None,
+        }))
+    return OutcomeTable.from_frame(_interleave(parts), str(path))
+
+
+def read_long(path: str | Path) -> OutcomeTable:
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        df = _read_csv(path)
+    else:
+        records = []
+        with path.open("r", encoding="utf-8") as f:
+            text = f.read()
+        if path.suffix.lower() == ".json":
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise OutcomeFormatError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        else:
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise OutcomeFormatError(f"{path}: row {n}: invalid JSON: {exc.msg}") from None
+                if not isinstance(rec, dict):
+                    raise OutcomeFormatError(f"{path}: row {n}: expected a JSON object per line")
+                records.append(rec)
+        df = pd.DataFrame.from_records(records)
+    for need in ("prompt", "expert", "score"):
+        if need not in df.columns:
+            raise OutcomeFormatError(f"{path}: column '{need}' is missing; long outcome files need "
+                                     "prompt, expert, score (and optionally query_id, task, cost, response)")
+    df = df.replace({"": None}) if path.suffix.lower() == ".csv" else df
+    if "task" not in df.columns:
+        df["task"] = path.stem
+    df["task"] = df["task"].fillna(path.stem)
+    if "query_id" not in df.columns:
+        key = df["task"].astype(str) + "\x00" + df["prompt"].astype(str)
+        df["query_id"] = key.map(lambda k: f"{path.stem}:{hashlib.sha1(k.encode()).hexdigest()[:12]}")
+    for col in ("score", "cost"):
+        if col in df.columns:
+            df[col] = parse_scores(df[col].astype(object), source=str(path), column=col)
+    return OutcomeTable.from_frame(df, str(path))
+
+
+def _interleave(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack per-model frames so rows come query by query (stable, readable order)."""
+    n = len(parts[0])
+    frame = pd.concat(parts, ignore_index=True)
+    order = np.arange(len(frame)).reshape(len(parts), n).T.ravel()
+    return frame.iloc[order].reset_index(drop=True)
