@@ -182,9 +182,14 @@ def test_load_prices_from_plain_yaml_and_experts_yaml(tmp_path):
     p = tmp_path / "prices.yaml"
     p.write_text("gpt-4-1106-preview: {input_per_1m: 10, output_per_1m: 30}\n")
     assert load_prices(p)["gpt-4-1106-preview"].output_per_1m == 30
-    repo_registry = Path(__file__).resolve().parents[1] / "experts.yaml"
-    prices = load_prices(repo_registry)
-    assert "smollm2" in prices
+    reg = tmp_path / "experts.yaml"
+    reg.write_text(
+        "version: 1\nexperts:\n"
+        "  - {name: cheap, backend: fake, model: x, price: {input_per_1m: 0.1, output_per_1m: 0.2}}\n"
+        "  - {name: gpt4-replay, backend: fake, model: y, price: {input_per_1m: 10, output_per_1m: 30},\n"
+        "     options: {expert: gpt-4-1106-preview}}\n")
+    prices = load_prices(reg)
+    assert prices["cheap"].output_per_1m == 0.2 and prices["gpt4-replay"].input_per_1m == 10
 
 
 # -- errors ---------------------------------------------------------------------------------
