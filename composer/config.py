@@ -51,6 +51,8 @@ class ExpertSpec(_Strict):
     chat_format: str | None = Field(None, description=(
         "llama.cpp chat format; None uses the GGUF's own template. 'completion' sends a plain "
         "prompt (for base models without a chat template)."))
+    system_prompt: str | None = Field(None, description=(
+        "System message sent first when a request brings none (chat experts)."))
     generation: Generation = Field(default_factory=Generation, description="Generation defaults.")
     context_length: int = Field(2048, ge=16, description="Context window in tokens.")
     footprint_bytes: int | None = Field(None, ge=0, description=(

@@ -98,6 +98,14 @@ class Backend(abc.ABC):
             "seed": q.seed if q.seed is not None else g.seed,
         }
 
+    def messages_for(self, q: Query) -> list[dict[str, str]]:
+        """The chat messages to send: the request's, with the expert's system prompt first when
+        the request has no system message of its own."""
+        msgs = q.chat_messages()
+        if self.spec.system_prompt and not any(m.get("role") == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.spec.system_prompt})
+        return msgs
+
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.spec.price.cost(prompt_tokens, completion_tokens)
 

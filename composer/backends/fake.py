@@ -9,8 +9,14 @@ generation time and failures controllable. Options (experts.yaml `options`):
 - fail_rate: probability in [0, 1] that a query fails (retryable error); seeded by `seed`
 - fail_load: true makes every load fail (ExpertLoadError)
 - fail_on: list of substrings; a query containing one fails with a non-retryable error
+- fail_on_type: the error_type those failures carry (e.g. "bad_request" for a 400; default "error")
 - reply: a template for the answer, formatted with {expert}, {text}, {n}; default echoes the query
 - tokens_per_word: completion tokens counted per word of the reply (default 1)
+- enforce_context: true makes a query whose prompt words + max_tokens exceed `context_length`
+  fail with error_type "context_overflow" (non-retryable), as real backends do
+
+`cancel(query_ids)` stops the generation of those queries (a sleeping query wakes at once and
+fails with error_type "cancelled"), as a client disconnect asks of every backend.
 """
 
 from __future__ import annotations
@@ -32,6 +38,27 @@ class FakeBackend(Backend):
         self._lock = threading.Lock()
         self.generate_calls = 0
         self.queries_seen = 0
+        self.cancelled_queries = 0
+        self._cancel: set[str] = set()
+        self._wake = threading.Condition(self._lock)
+
+    def cancel(self, query_ids) -> None:
+        """Stop generating for these query ids (those not started yet or sleeping now)."""
+        with self._wake:
+            self._cancel.update(query_ids)
+            self._wake.notify_all()
+
+    def _sleep(self, seconds: float, query_ids) -> bool:
+        """Sleep up to `seconds`; False when one of `query_ids` was cancelled meanwhile."""
+        deadline = time.monotonic() + seconds
+        with self._wake:
+            while True:
+                if self._cancel.intersection(query_ids):
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                self._wake.wait(left)
 
     def _opt(self, key, default):
         return self.spec.options.get(key, default)
@@ -62,18 +89,37 @@ class FakeBackend(Backend):
         tpw = int(self._opt("tokens_per_word", 1))
         out = []
         t_start = time.perf_counter()
+        enforce = bool(self._opt("enforce_context", False))
+        all_ids = [q.id for q in queries]
         if batch_s is not None:
-            time.sleep(float(batch_s))
+            self._sleep(float(batch_s), all_ids)
         for i, q in enumerate(queries):
             t0 = time.perf_counter()
-            if batch_s is None and per_q:
-                time.sleep(per_q)
             s = self.settings_for(q)
             prompt_tokens = max(1, len(q.text.split()))
+            if batch_s is None and per_q:
+                self._sleep(per_q, [q.id])
+            with self._lock:
+                cancelled = q.id in self._cancel
+                self._cancel.discard(q.id)
+                self.cancelled_queries += cancelled
+            if cancelled:
+                out.append(Candidate(q.id, self.name, "", Usage(prompt_tokens, 0, 0.0, 0.0),
+                                     error=f"expert '{self.name}': generation cancelled",
+                                     metadata={"error_type": "cancelled", "retryable": False}))
+                continue
+            if enforce and prompt_tokens + s["max_tokens"] > self.spec.context_length:
+                out.append(Candidate(q.id, self.name, "", Usage(prompt_tokens, 0, 0.0, 0.0),
+                                     error=(f"expert '{self.name}': prompt ({prompt_tokens} tokens) + max_tokens "
+                                            f"({s['max_tokens']}) exceed the context window "
+                                            f"({self.spec.context_length})"),
+                                     metadata={"error_type": "context_overflow", "retryable": False}))
+                continue
             if any(f in q.text for f in fail_on):
                 out.append(Candidate(q.id, self.name, "", Usage(prompt_tokens, 0, 0.0, 0.0),
                                      error=f"expert '{self.name}': injected failure (fail_on)",
-                                     metadata={"retryable": False}))
+                                     metadata={"retryable": False,
+                                               "error_type": self._opt("fail_on_type", "error")}))
                 continue
             with self._lock:
                 draw = self._rng.random() if self._rng else 0.0

@@ -105,7 +105,7 @@ class LlamaCppBackend(Backend):
                 res = self._llm.create_completion(prompt=completion_prompt(q), **kw)
                 text = res["choices"][0]["text"]
             else:
-                res = self._llm.create_chat_completion(messages=q.chat_messages(), **kw)
+                res = self._llm.create_chat_completion(messages=self.messages_for(q), **kw)
                 text = res["choices"][0]["message"]["content"] or ""
         except ValueError as exc:
             overflow = "context" in str(exc).lower() or "exceed" in str(exc).lower()

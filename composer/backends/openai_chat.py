@@ -39,7 +39,7 @@ def chat_call(backend, q: Query, *, model: str, api_base: str | None, api_key: s
               extra: dict | None = None) -> Candidate:
     litellm = import_litellm()
     s = backend.settings_for(q)
-    kw = dict(model=model, messages=q.chat_messages(), max_tokens=s["max_tokens"],
+    kw = dict(model=model, messages=backend.messages_for(q), max_tokens=s["max_tokens"],
               temperature=s["temperature"], top_p=s["top_p"], timeout=backend.spec.timeout_s,
               num_retries=0)
     if s["stop"]:

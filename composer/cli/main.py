@@ -46,5 +46,8 @@ def register_commands() -> typer.Typer:
 
 
 def main() -> None:
+    from composer.offline import ensure_offline
+
+    ensure_offline()  # at run time, not import time: composer never reaches the network
     register_commands()
     app()
