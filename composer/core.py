@@ -41,7 +41,7 @@ class Composer:
 
     def __init__(self, config: RegistryConfig, *, base_dir: str | Path | None = None,
                  executor: str | None = None, memory_budget: int | None = None,
-                 ray_address: str | None = None):
+                 ray_address: str | None = None, reliability=None):
         self.config = config
         self.base_dir = str(base_dir) if base_dir is not None else None
         self.executor_kind = executor or config.settings.executor
@@ -53,6 +53,7 @@ class Composer:
         self._routers: dict[str, Any] = {}
         self._specialists: dict[str, Any] = {}
         self._executor = None
+        self._reliability = reliability  # composer.reliability.Reliability; default made on first use
         self._lock = threading.RLock()
 
     @classmethod
@@ -76,6 +77,9 @@ class Composer:
             raise BadRequestError(f"unknown expert '{name}'; known: {', '.join(self._experts)}") from None
 
     def backend(self, name: str) -> Backend:
+        b = self._backends.get(name)  # lock-free when cached: stage workers call this (see reliability)
+        if b is not None:
+            return b
         with self._lock:
             if name not in self._backends:
                 self._backends[name] = make_backend(self.expert_spec(name), base_dir=self.base_dir)
@@ -101,6 +105,18 @@ class Composer:
 
             return RayExecutor(self.expert_spec, scheduler, base_dir=self.base_dir, address=self.ray_address)
         return LocalExecutor(self.backend, scheduler)
+
+    @property
+    def reliability(self):
+        """Timeouts, retries, fallbacks, cooldowns for every stage (composer/reliability.py)."""
+        if self._reliability is not None:  # lock-free: cancel() comes from other threads mid-run
+            return self._reliability
+        with self._lock:
+            if self._reliability is None:
+                from composer.reliability import Reliability  # noqa: PLC0415
+
+                self._reliability = Reliability(self.experts, get_backend=self.backend)
+            return self._reliability
 
     # -- routing ----------------------------------------------------------------------------
     def _as_queries(self, queries: Iterable[Query | str]) -> list[Query]:
@@ -173,11 +189,13 @@ class Composer:
         decisions = self.route(qs, expert=expert, pipeline=pipeline)
         if pipeline is not None:
             a = self.pipeline(pipeline).aggregator
-            aggregator = make_aggregator(a.kind, a.expert, **a.params)
+            aggregator = make_aggregator(a.kind, a.expert, registry=self.expert_spec, **a.params)
         else:
             aggregator = make_aggregator("none")
         with self._lock:  # one batch at a time owns the executor's residency
-            answers = aggregator.run(qs, decisions, self.executor.run_stage)
+            run_stage = self.reliability.wrap(self.executor.run_stage, self._pipelines.get(pipeline or ""),
+                                              self._pipelines)
+            answers = aggregator.run(qs, decisions, run_stage)
         if len(answers) != len(qs):
             raise RuntimeError(f"aggregator '{aggregator.kind}' returned {len(answers)} answers for {len(qs)} queries")
         return answers
