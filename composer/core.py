@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,6 +31,19 @@ def available_memory() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
         return 8 * 2**30
+
+
+def _batched_stage(batcher):
+    """A stage runner over a StreamBatcher: each item joins its expert's next batch."""
+
+    def run_stage(work, upcoming=None):
+        from composer.executors import StageResult  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        futures = [batcher.submit(w.query, w.expert) for w in work]
+        return StageResult([f.result() for f in futures], [], time.perf_counter() - t0)
+
+    return run_stage
 
 
 class Composer:
@@ -54,6 +68,7 @@ class Composer:
         self._specialists: dict[str, Any] = {}
         self._executor = None
         self._reliability = reliability  # composer.reliability.Reliability; default made on first use
+        self._batcher = None  # composer.stream.StreamBatcher once stream_mode() is on (server)
         self._lock = threading.RLock()
 
     @classmethod
@@ -192,10 +207,14 @@ class Composer:
             aggregator = make_aggregator(a.kind, a.expert, registry=self.expert_spec, **a.params)
         else:
             aggregator = make_aggregator("none")
-        with self._lock:  # one batch at a time owns the executor's residency
-            run_stage = self.reliability.wrap(self.executor.run_stage, self._pipelines.get(pipeline or ""),
-                                              self._pipelines)
-            answers = aggregator.run(qs, decisions, run_stage)
+        p_spec = self._pipelines.get(pipeline or "")
+        if self._batcher is not None:  # stream mode: concurrent runs share batches by expert
+            answers = aggregator.run(qs, decisions, self.reliability.wrap(
+                _batched_stage(self._batcher), p_spec, self._pipelines))
+        else:
+            with self._lock:  # one batch at a time owns the executor's residency
+                run_stage = self.reliability.wrap(self.executor.run_stage, p_spec, self._pipelines)
+                answers = aggregator.run(qs, decisions, run_stage)
         if len(answers) != len(qs):
             raise RuntimeError(f"aggregator '{aggregator.kind}' returned {len(answers)} answers for {len(qs)} queries")
         return answers
@@ -205,6 +224,16 @@ class Composer:
         """Answer one question. `generation` may set max_tokens, temperature, stop, seed."""
         q = question if isinstance(question, Query) else Query(question, **generation)
         return self.run([q], expert=expert, pipeline=pipeline)[0]
+
+    def stream_mode(self, *, max_wait_s: float = 0.5, max_batch: int = 32):
+        """Server mode: from now on concurrent `run` calls are batched by expert through one
+        StreamBatcher (composer/stream.py) instead of taking turns. Returns the batcher."""
+        with self._lock:
+            if self._batcher is None:
+                from composer.stream import StreamBatcher  # noqa: PLC0415
+
+                self._batcher = StreamBatcher(self.executor, max_wait_s=max_wait_s, max_batch=max_batch)
+            return self._batcher
 
     # -- specialists ------------------------------------------------------------------------
     def specialist_for(self, task: str | None = None, name: str | None = None):
@@ -236,6 +265,9 @@ class Composer:
     def close(self) -> None:
         """Unload every expert and stop every server/actor. Safe to call twice."""
         with self._lock:
+            if self._batcher is not None:
+                self._batcher.close()  # serves what is queued, then stops
+                self._batcher = None
             if self._executor is not None:
                 self._executor.close()
                 self._executor = None

@@ -34,6 +34,7 @@ version: 1
 settings: {default_expert: good}
 experts:
   - {name: good, backend: fake, model: good}
+  - {name: batchy, backend: fake, model: batchy, options: {batch_gen_s: 0.3}}
   - {name: flaky, backend: fake, model: flaky, fallbacks: [good], options: {fail_rate: 0.5, seed: 1}}
   - {name: dead, backend: fake, model: dead, fallbacks: [good], options: {fail_rate: 1.0}}
   - {name: loop_a, backend: fake, model: a, fallbacks: [loop_b], options: {fail_rate: 1.0}}
@@ -247,3 +248,27 @@ def test_chain_is_breadth_first_bounded_and_acyclic():
     assert r.chain_of("good") == []
     pipes = {p.name: p for p in cfg.pipelines}
     assert r.pipeline_chain(pipes["doomed"], pipes) == ["good"]
+
+
+def test_stream_mode_batches_concurrent_runs_and_keeps_the_policy():
+    c = make()
+    try:
+        c.stream_mode(max_wait_s=0.5)
+        answers: dict[int, object] = {}
+
+        def one(i):
+            answers[i] = c.ask(f"question {i}", expert="dead" if i % 2 else "batchy")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(answers) == 8 and all(a.ok for a in answers.values())
+        assert {i: a.candidates[0].expert for i, a in answers.items()} == \
+            {i: "good" if i % 2 else "batchy" for i in range(8)}
+        assert c._batcher.stats()["served"] >= 8
+        b = c.backend("batchy")  # a batch takes 0.3 s: the requests arriving meanwhile share one
+        assert b.queries_seen == 4 and b.generate_calls < 4
+    finally:
+        c.close()
