@@ -174,8 +174,8 @@ def test_context_overflow_goes_to_a_larger_context_expert(comp):
     ans = comp.ask(long_prompt, expert="small")
     assert ans.ok, ans.error
     # no fallback named: the smallest window larger than 64 (2048; ties by name) takes it
-    assert ans.candidates[0].expert == "brittle"
-    assert comp.experts["brittle"].context_length == 2048
+    smallest_larger = min(n for n, e in comp.experts.items() if e.context_length == 2048)
+    assert ans.candidates[0].expert == smallest_larger
     assert calls(comp, "small") == 1  # not retried
     assert ans.candidates[0].metadata["attempts"][0]["error_type"] == "context_overflow"
     # a named fallback with a larger window is preferred
