@@ -1,0 +1,274 @@
+"""RayExecutor: each loaded local expert lives in a Ray actor that holds its backend.
+
+Same plan, same stage loop and same answers as LocalExecutor (composer/executors.py); what differs
+is where a model lives. An actor is created on load and killed on unload, so the memory and the
+Ray resources it reserved are really returned. Actors are annotated from experts.yaml:
+`options.num_cpus` (default 0.5: fractional, several small experts share a core),
+`options.num_gpus` (default 0) and `memory` = the expert's footprint.
+
+Never blocks forever:
+- placement: a request larger than the cluster's total resources fails at once; otherwise the
+  actor must be scheduled within `placement_timeout_s` or the load fails with the resources the
+  cluster has free;
+- every call is `ray.get(..., timeout=)`: load (`load_timeout_s`, default the expert's
+  `ready_timeout_s` + 60 s), generate (`timeout_s` x batch size + 30 s), unload (30 s).
+A crashed actor (killed process, OOM) is restarted once and its batch retried; a second crash
+fails the batch with a clear error. `close()` stops every actor (and with it any server process
+the backend started) and shuts Ray down if this executor started it.
+
+    ex = RayExecutor(composer.expert_spec, scheduler)        # local Ray, num_cpus=2
+    ex = RayExecutor(..., address="ray://head:10001")         # an existing cluster
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from composer.errors import BackendError, ExpertLoadError, ExpertTimeoutError
+from composer.executors import BaseExecutor, describe
+from composer.scheduler import Scheduler
+
+DEFAULT_ACTOR_CPUS = 0.5
+
+
+class ExpertActor:
+    """Holds one backend inside a Ray worker process. Errors come back as values so the driver
+    gets the backend's own message rather than a wrapped traceback."""
+
+    def __init__(self, spec, base_dir):
+        self.spec = spec
+        self.base_dir = base_dir
+        self.backend = None
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def load(self):
+        from composer.backends import make_backend
+
+        try:
+            self.backend = make_backend(self.spec, base_dir=self.base_dir)
+            return True, self.backend.load()
+        except Exception as exc:  # noqa: BLE001 - sent back to the driver as the expert's error
+            return False, describe(exc)
+
+    def generate(self, queries):
+        try:
+            return True, self.backend.generate(queries)
+        except Exception as exc:  # noqa: BLE001
+            return False, (describe(exc), bool(getattr(exc, "retryable", False)))
+
+    def unload(self) -> float:
+        return self.backend.unload() if self.backend is not None else 0.0
+
+    def server_pid(self) -> int | None:
+        """pid of the server process the backend started, if any (server backend)."""
+        return getattr(self.backend, "pid", None)
+
+
+class RayExecutor(BaseExecutor):
+    """Runs plans on Ray actors. `expert_spec(name)` returns the ExpertSpec of an expert."""
+
+    def __init__(self, expert_spec: Callable, scheduler: Scheduler, *, base_dir: str | None = None,
+                 address: str | None = None, num_cpus: float = 2, placement_timeout_s: float = 60.0,
+                 load_timeout_s: float | None = None, unload_timeout_s: float = 30.0,
+                 call_slack_s: float = 30.0, init_kwargs: dict | None = None):
+        self.expert_spec = expert_spec
+        self.scheduler = scheduler
+        self.base_dir = base_dir
+        self.address = address
+        self.num_cpus = num_cpus
+        self.placement_timeout_s = placement_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self.unload_timeout_s = unload_timeout_s
+        self.call_slack_s = call_slack_s
+        self.init_kwargs = init_kwargs or {}
+        self._init_state()
+        self._actors: dict[str, tuple[object, int]] = {}  # expert -> (handle, pid)
+        self._remote: dict[str, object] = {}
+        self._actor_cls = None
+        self._owns_ray = False
+        self._inflight: set[str] = set()  # experts with a call out (interrupted ones stay here)
+
+    # -- Ray plumbing -----------------------------------------------------------------------
+    def _ray(self):
+        from composer.offline import ensure_offline
+
+        ensure_offline()
+        import ray
+
+        if not ray.is_initialized():
+            kw = dict(include_dashboard=False, log_to_driver=False, **self.init_kwargs)
+            if self.address:
+                ray.init(address=self.address, **kw)
+            else:
+                ray.init(num_cpus=self.num_cpus, **kw)
+            self._owns_ray = True
+        if self._actor_cls is None:
+            self._actor_cls = ray.remote(ExpertActor)
+        return ray
+
+    def resources_for(self, expert: str) -> dict[str, float]:
+        """The Ray resources an expert's actor asks for."""
+        spec = self.expert_spec(expert)
+        res = {"CPU": float(spec.options.get("num_cpus", DEFAULT_ACTOR_CPUS)),
+               "GPU": float(spec.options.get("num_gpus", 0))}
+        mem = self.scheduler.footprint(expert)
+        if mem > 0:
+            res["memory"] = float(mem)
+        return res
+
+    def _spawn(self, expert: str):
+        ray = self._ray()
+        from ray.exceptions import GetTimeoutError
+
+        spec = self.expert_spec(expert)
+        need = self.resources_for(expert)
+        total = ray.cluster_resources()
+        for key, amount in need.items():
+            if amount > total.get(key, 0.0):
+                raise ExpertLoadError(
+                    f"its Ray actor can never be placed: it needs {key}={amount:g} but the cluster has "
+                    f"{total.get(key, 0.0):g} in total; lower options.num_cpus/num_gpus or "
+                    f"footprint_bytes in experts.yaml, or connect to a larger cluster (--ray-address)",
+                    expert=expert)
+        opts = {"num_cpus": need["CPU"], "num_gpus": need["GPU"], "max_restarts": 0,
+                "max_task_retries": 0}
+        if "memory" in need:
+            opts["memory"] = need["memory"]
+        actor = self._actor_cls.options(**opts).remote(spec, self.base_dir)
+        try:
+            pid = ray.get(actor.ready.remote(), timeout=self.placement_timeout_s)
+        except GetTimeoutError:
+            ray.kill(actor)
+            raise ExpertLoadError(
+                f"its Ray actor could not be placed within {self.placement_timeout_s:g}s (needs "
+                f"{ {k: v for k, v in need.items() if v} }; free now: {ray.available_resources()}); "
+                "unload other experts, lower the request, or add nodes", expert=expert) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. the worker failed to start
+            ray.kill(actor)
+            raise ExpertLoadError(f"its Ray actor failed to start: {_short(exc)}", expert=expert) from None
+        return actor, pid
+
+    def _load_timeout(self, expert: str) -> float:
+        if self.load_timeout_s is not None:
+            return self.load_timeout_s
+        return float(self.expert_spec(expert).options.get("ready_timeout_s", 120)) + 60.0
+
+    # -- executor hooks ---------------------------------------------------------------------
+    def _load(self, expert, events):
+        ray = self._ray()
+        from ray.exceptions import GetTimeoutError
+
+        t0 = time.perf_counter()
+        actor, pid = self._spawn(expert)
+        timeout = self._load_timeout(expert)
+        try:
+            ok, value = ray.get(actor.load.remote(), timeout=timeout)
+        except GetTimeoutError:
+            ray.kill(actor)
+            raise ExpertLoadError(f"load did not finish within {timeout:g}s; the actor was stopped",
+                                  expert=expert) from None
+        except Exception as exc:  # noqa: BLE001 - the actor died while loading
+            ray.kill(actor)
+            raise ExpertLoadError(f"its actor died while loading: {_short(exc)}", expert=expert) from None
+        if not ok:
+            ray.kill(actor)
+            raise ExpertLoadError(value)
+        self._actors[expert] = (actor, pid)
+        return time.perf_counter() - t0
+
+    def _unload(self, expert):
+        ray = self._ray()
+        t0 = time.perf_counter()
+        actor, _ = self._actors.pop(expert, (None, None))
+        if actor is not None:
+            try:
+                ray.get(actor.unload.remote(), timeout=self.unload_timeout_s)
+            finally:
+                ray.kill(actor)
+        return time.perf_counter() - t0
+
+    def _generate(self, expert, queries, events):
+        ray = self._ray()
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        dead = (RayActorError, getattr(ray.exceptions, "ActorUnavailableError", RayActorError))
+        spec = self.expert_spec(expert)
+        timeout = spec.timeout_s * len(queries) + self.call_slack_s
+        for attempt in (1, 2):
+            actor, pid = self._actors[expert]
+            self._inflight.add(expert)
+            try:
+                ok, value = ray.get(actor.generate.remote(queries), timeout=timeout)
+                self._inflight.discard(expert)
+            except GetTimeoutError:
+                self._drop(expert)
+                raise ExpertTimeoutError(f"no answer within {timeout:g}s for a batch of {len(queries)} "
+                                         "queries; its actor was stopped (raise timeout_s in experts.yaml)",
+                                         expert=expert) from None
+            except dead as exc:
+                events.append({"event": "crash", "expert": expert, "seconds": 0.0, "pid": pid,
+                               "error": _short(exc)})
+                self._drop(expert)
+                if attempt == 2:
+                    raise BackendError(f"its actor crashed again after a restart ({_short(exc)}); "
+                                       f"{len(queries)} queries failed", expert=expert, retryable=True) from None
+                seconds = self._load(expert, events)  # restart once, then retry the whole batch
+                events.append({"event": "load", "expert": expert, "seconds": seconds, "restart": True})
+                self.resident.append(expert)
+                continue
+            if not ok:
+                message, retryable = value
+                raise BackendError(message, retryable=retryable)
+            return value
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop(self, expert: str) -> None:
+        """Forget (and kill) an expert's actor after a crash or a timeout."""
+        actor, _ = self._actors.pop(expert, (None, None))
+        if expert in self.resident:
+            self.resident.remove(expert)
+        if actor is not None:
+            self._ray().kill(actor)
+
+    def _remote_backend(self, expert):
+        with self._lock:
+            if expert not in self._remote:
+                from composer.backends import make_backend
+
+                self._remote[expert] = make_backend(self.expert_spec(expert), base_dir=self.base_dir)
+            return self._remote[expert]
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def actor_pids(self) -> dict[str, int]:
+        """expert -> pid of the process holding it (for monitoring and fault tests)."""
+        return {name: pid for name, (_, pid) in self._actors.items()}
+
+    def close(self) -> None:
+        """Stop every actor (and server process), then Ray itself if this executor started it."""
+        try:
+            for name in [n for n in self._inflight if n in self._actors]:
+                self._drop(name)  # busy (e.g. interrupted by Ctrl-C): a polite unload would queue
+            self._inflight.clear()
+            if self._actors:
+                self.unload_all()
+        finally:
+            for name in list(self._actors):
+                self._drop(name)
+            for b in self._remote.values():
+                b.unload()
+            self._remote.clear()
+            if self._owns_ray:
+                import ray
+
+                ray.shutdown()
+                self._owns_ray = False
+                self._actor_cls = None
+
+
+def _short(exc: BaseException, n: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:n] if text else ''}"

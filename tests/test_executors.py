@@ -1,0 +1,296 @@
+"""LocalExecutor and RayExecutor: same answers with the real SmolLM2/Gemma models, swap
+accounting, faults (failed load, over budget, crashed actor, unplaceable actor) and Ctrl-C.
+
+The fake backend appears only for fault injection (load failures, slow calls to crash or
+interrupt); answers are compared on the real llama.cpp models. Ray runs once per session with
+num_cpus=2 and is always shut down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from composer.backends import make_backend
+from composer.config import parse_config
+from composer.executors import LocalExecutor
+from composer.scheduler import Scheduler, WorkItem
+from composer.types import Query
+
+REPO = Path(__file__).resolve().parents[1]
+
+REAL = """
+version: 1
+experts:
+  - {name: smollm2, backend: llamacpp, model: "embedded:smollm2-135m-instruct", context_length: 512,
+     generation: {max_tokens: 8, temperature: 0.0}, options: {n_threads: 1}}
+  - {name: gemma, backend: llamacpp, model: "embedded:gemma3-270m", chat_format: completion,
+     context_length: 512, generation: {max_tokens: 8, temperature: 0.0, stop: ["\\n"]},
+     options: {n_threads: 1}}
+  - {name: missing, backend: llamacpp, model: /nonexistent/model.gguf, footprint_bytes: 1000}
+  - {name: broken, backend: fake, model: fake, options: {fail_load: true}}
+  - {name: slow, backend: fake, model: fake, footprint_bytes: 1000000, options: {gen_s: 0.3}}
+  - {name: quick, backend: fake, model: fake, footprint_bytes: 1000000}
+  - {name: gpu-only, backend: fake, model: fake, options: {num_gpus: 1}}
+  - {name: greedy, backend: fake, model: fake, footprint_bytes: 1000000, options: {num_cpus: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return parse_config(REAL, check_files=False)  # "missing" must fail at load time, not here
+
+
+def spec_of(cfg):
+    specs = {e.name: e for e in cfg.experts}
+    return specs.__getitem__
+
+
+def local_executor(cfg, budget):
+    backends = {e.name: make_backend(e) for e in cfg.experts}
+    fp = {n: b.footprint for n, b in backends.items()}
+    return LocalExecutor(backends.__getitem__, Scheduler(fp, budget)), backends, fp
+
+
+def questions(n, prefix="q"):
+    texts = ["What is 2+2?", "Name a colour.", "Capital of France?", "Say hello."]
+    return [Query(texts[i % len(texts)], id=f"{prefix}{i}", max_tokens=6) for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def ray_executor(cfg, fp, budget, **kw):
+    from composer.executors import RayExecutor
+
+    return RayExecutor(spec_of(cfg), Scheduler(fp, budget), **kw)
+
+
+def test_local_and_ray_give_the_same_answers(cfg, ray_session):
+    local, backends, fp = local_executor(cfg, None)
+    budget = max(fp["smollm2"], fp["gemma"])  # one model at a time: every switch is a swap
+    local.scheduler.memory_budget = budget
+    qs = questions(2)
+    work = [WorkItem(q, e) for q in qs for e in ("smollm2", "gemma")]
+    ray_ex = ray_executor(cfg, fp, budget)
+    try:
+        a = local.run_stage(work)
+        b = ray_ex.run_stage(work)
+        pids = ray_ex.actor_pids()
+    finally:
+        local.close()
+        ray_ex.close()
+    assert all(c.ok for c in a.candidates + b.candidates), [c.error for c in a.candidates + b.candidates]
+    assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+    assert any(c.text for c in a.candidates)
+    for res in (a, b):
+        assert res.loads == res.plan.lower_bound == 2  # one load per expert
+        assert [e["event"] for e in res.events] == ["load", "unload", "load"]
+        assert all(e["seconds"] > 0 for e in res.events)
+        assert res.peak_bytes <= budget
+    assert set(pids) == {"gemma"} and pids["gemma"] != os.getpid()  # the model lived in an actor
+    assert ray_ex.actor_pids() == {}  # close() stopped it
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_failed_load_and_over_budget_fail_only_their_queries(cfg, kind, request):
+    local, _, fp = local_executor(cfg, 10**9)
+    fp = {**fp, "quick": 10**10}  # larger than the whole budget
+    if kind == "ray":
+        request.getfixturevalue("ray_session")
+        ex = ray_executor(cfg, fp, 10**9)
+    else:
+        ex = local
+        ex.scheduler.footprints = fp
+    qs = questions(3)
+    work = [WorkItem(q, e) for q in qs for e in ("missing", "broken", "smollm2", "quick")]
+    try:
+        res = ex.run_stage(work)
+    finally:
+        ex.close()
+    by = {}
+    for w, c in zip(work, res.candidates):
+        by.setdefault(w.expert, []).append(c)
+    assert all(c.ok for c in by["smollm2"])
+    assert all("missing" in c.error and "not found" in c.error for c in by["missing"])
+    assert all("broken" in c.error and "injected load failure" in c.error for c in by["broken"])
+    assert all("memory budget" in c.error and "quick" in c.error for c in by["quick"])
+    failed_loads = [e for e in res.events if e["event"] == "load_failed"]
+    assert sorted(e["expert"] for e in failed_loads) == ["broken", "missing"]
+    assert res.loads == 1
+
+
+def test_unplaceable_actor_is_an_error_not_a_hang(cfg, ray_session):
+    _, _, fp = local_executor(cfg, None)
+    ex = ray_executor(cfg, fp, 10**10, placement_timeout_s=3)
+    try:
+        never = ex.run_stage([WorkItem(Query("x", id="a"), "gpu-only")])
+        first = ex.run_stage([WorkItem(Query("x", id="b"), "quick")])  # holds 0.5 of 2 CPUs
+        busy = ex.run_stage([WorkItem(Query("y", id="c"), "greedy")])  # wants all 2 CPUs
+    finally:
+        ex.close()
+    assert "never be placed" in never.candidates[0].error and "GPU=1" in never.candidates[0].error
+    assert first.candidates[0].ok
+    err = busy.candidates[0].error
+    assert "greedy" in err and "could not be placed within 3s" in err
+    assert ex.actor_pids() == {}
+
+
+def test_crashed_actor_is_restarted_once_and_nothing_is_lost(cfg, ray_session):
+    _, _, fp = local_executor(cfg, None)
+    ex = ray_executor(cfg, fp, 10**10)
+    qs = questions(8)
+    try:
+        # Between stages: ray.kill the resident actor; the next stage restarts it.
+        ex.run_stage([WorkItem(qs[0], "quick")])
+        handle, _ = ex._actors["quick"]
+        ray_session.kill(handle)
+        after_kill = ex.run_stage([WorkItem(q, "quick") for q in qs])
+
+        # Mid-run: SIGKILL the actor's process while its slow batch is in flight.
+        killed = []
+
+        def killer():
+            while "slow" not in ex.actor_pids():
+                time.sleep(0.01)
+            pid = ex.actor_pids()["slow"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        mid = ex.run_stage([WorkItem(q, "slow") for q in qs])
+        t.join()
+    finally:
+        ex.close()
+    for res in (after_kill, mid):
+        assert all(c.ok for c in res.candidates), [c.error for c in res.candidates]
+        assert [c.query_id for c in res.candidates] == [q.id for q in qs]
+        assert sum(e["event"] == "crash" for e in res.events) == 1
+        assert any(e["event"] == "load" and e.get("restart") for e in res.events)
+    assert killed and mid.events[0]["event"] == "load"
+
+
+def test_a_second_crash_fails_the_batch_with_a_clear_error(cfg, ray_session):
+    _, _, fp = local_executor(cfg, None)
+    ex = ray_executor(cfg, fp, 10**10)
+    seen = []
+
+    def killer():  # kill the first actor and then its replacement
+        while len(seen) < 2:
+            pid = ex.actor_pids().get("slow")
+            if pid is not None and pid not in seen:
+                os.kill(pid, signal.SIGKILL)
+                seen.append(pid)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        res = ex.run_stage([WorkItem(q, "slow") for q in questions(8)])
+    finally:
+        t.join()
+        ex.close()
+    assert all("crashed again after a restart" in c.error and "slow" in c.error for c in res.candidates)
+    assert sum(e["event"] == "crash" for e in res.events) == 2
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from composer.backends import make_backend
+    from composer.config import parse_config
+    from composer.executors import LocalExecutor
+    from composer.scheduler import Scheduler, WorkItem
+    from composer.types import Query
+
+    cfg = parse_config('''
+    version: 1
+    experts:
+      - {name: srv, backend: server, model: "embedded:smollm2-135m-instruct", context_length: 256,
+         generation: {max_tokens: 2}}
+      - {name: slow, backend: fake, model: fake, footprint_bytes: 1000, options: {gen_s: 120}}
+    ''')
+    kind = sys.argv[1]
+    specs = {e.name: e for e in cfg.experts}
+    backends = {n: make_backend(s) for n, s in specs.items()}
+    sched = Scheduler({n: b.footprint for n, b in backends.items()}, 10**11)
+    if kind == "ray":
+        import ray
+        ray.init(address=sys.argv[2], log_to_driver=False)
+        from composer.executors import RayExecutor
+        ex = RayExecutor(specs.__getitem__, sched)
+    else:
+        ex = LocalExecutor(backends.__getitem__, sched)
+    try:
+        first = ex.run_stage([WorkItem(Query("hi", id="a"), "srv")])
+        assert first.candidates[0].ok, first.candidates[0].error
+        if kind == "ray":
+            handle, actor_pid = ex._actors["srv"]
+            server_pid = ray.get(handle.server_pid.remote(), timeout=30)
+        else:
+            actor_pid, server_pid = 0, backends["srv"].pid
+        print("READY", actor_pid, server_pid, flush=True)
+        ex.run_stage([WorkItem(Query("wait", id="b"), "slow")])  # interrupted here
+    finally:
+        ex.close()
+        print("CLOSED", flush=True)
+""")
+
+
+def gone(pid: int, within_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie waiting for its parent counts as stopped
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_ctrl_c_stops_every_actor_and_server(kind, request):
+    args = [sys.executable, "-c", CHILD, kind]
+    if kind == "ray":
+        ray = request.getfixturevalue("ray_session")
+        args.append(ray.get_runtime_context().gcs_address)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), line + proc.stderr.read()[-2000:]
+        _, actor_pid, server_pid = line.split()
+        actor_pid, server_pid = int(actor_pid), int(server_pid)
+        cmdline = Path(f"/proc/{server_pid}/cmdline").read_bytes()
+        assert b"llama_cpp.server" in cmdline
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "CLOSED" in out and "KeyboardInterrupt" in err
+    assert proc.returncode != 0
+    assert gone(server_pid), f"llama_cpp.server {server_pid} survived Ctrl-C"
+    if kind == "ray":
+        assert gone(actor_pid), f"actor process {actor_pid} survived Ctrl-C"
