@@ -8,6 +8,7 @@ num_cpus=2 and is always shut down.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,65 @@ def test_failed_load_and_over_budget_fail_only_their_queries(cfg, kind, request)
     failed_loads = [e for e in res.events if e["event"] == "load_failed"]
     assert sorted(e["expert"] for e in failed_loads) == ["broken", "missing"]
     assert res.loads == 1
+
+
+class _MeetingHandler(BaseHTTPRequestHandler):
+    """An OpenAI-style endpoint whose calls answer only once `parties` calls are in flight
+    together: calls run one after another would break the barrier and come back as HTTP 500."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        try:
+            self.server.barrier.wait()
+            status = 200
+        except threading.BrokenBarrierError:
+            status = 500
+        text = "met " + body["messages"][-1]["content"]
+        data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": text}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_remote_groups_overlap_up_to_their_concurrency(monkeypatch):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _MeetingHandler)
+    httpd.barrier = threading.Barrier(3, timeout=60)  # r1 x2 (concurrency 2) + r2 x1, all at once
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    monkeypatch.setenv("MEETING_KEY", "not-needed")
+    cfg = parse_config(f"""
+version: 1
+experts:
+  - {{name: r1, backend: litellm, model: openai/stub, api_base: "{base}", api_key_env: MEETING_KEY,
+     concurrency: 2, options: {{}}}}
+  - {{name: r2, backend: litellm, model: openai/stub, api_base: "{base}", api_key_env: MEETING_KEY}}
+  - {{name: quick, backend: fake, model: fake, footprint_bytes: 1000}}
+""")
+    backends = {e.name: make_backend(e) for e in cfg.experts}
+    sched = Scheduler({n: b.footprint for n, b in backends.items()}, 10**6,
+                      frozenset(n for n, b in backends.items() if b.remote))
+    ex = LocalExecutor(backends.__getitem__, sched)
+    qs = questions(3)
+    work = [WorkItem(qs[0], "r1"), WorkItem(qs[1], "quick"), WorkItem(qs[1], "r1"), WorkItem(qs[2], "r2")]
+    try:
+        res = ex.run_stage(work)
+        resident = list(ex.resident)
+    finally:
+        ex.close()
+        httpd.shutdown()
+    assert all(c.ok for c in res.candidates), [c.error for c in res.candidates]
+    assert [c.text.startswith("met") for c in res.candidates] == [True, False, True, True]
+    assert res.loads == 1 and [e["expert"] for e in res.events if e["event"] == "load"] == ["quick"]
+    assert sorted(e["expert"] for e in res.events if e["event"] == "connect") == ["r1", "r2"]
+    assert resident == ["quick"]  # remote experts hold no memory
 
 
 def test_unplaceable_actor_is_an_error_not_a_hang(cfg, ray_session):
