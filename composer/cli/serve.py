@@ -1,0 +1,51 @@
+"""`composer serve`: the OpenAI-compatible endpoint (Ray Serve) over the one Composer core."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from composer.cli.core_cmds import CONFIG_OPT, EXIT_CONFIG, default_config_path, fail
+from composer.cli.main import app
+from composer.errors import ConfigError
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = CONFIG_OPT,
+    host: str = typer.Option("127.0.0.1", help="Address to bind (default: loopback only)."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help=(
+        "File with API keys, one per line. Also read: env COMPOSER_API_KEYS (comma-separated).")),
+    max_inflight: int = typer.Option(64, help="Requests in flight before a fast 429 with Retry-After."),
+    max_n: int = typer.Option(4, help="Largest `n` a request may ask for."),
+    drain_timeout: float = typer.Option(30.0, help="Seconds to wait for in-flight requests on shutdown."),
+    retries: int = typer.Option(2, help="Retries of a retryable expert error (with backoff)."),
+    cooldown_after: int = typer.Option(3, help="Consecutive failures that send an expert to cool down."),
+    cooldown_s: float = typer.Option(30.0, help="Seconds an expert cools down."),
+):
+    """Serve /v1/chat/completions, /v1/models, /v1/route, /metrics, /healthz, /readyz."""
+    from composer.config import load_config
+    from composer.serve import ServeOptions, hash_key, load_api_keys, run_server
+
+    path = config or default_config_path()
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    try:
+        keys = load_api_keys(os.environ.get("COMPOSER_API_KEYS"), str(api_key_file) if api_key_file else None)
+    except OSError as exc:
+        fail(f"cannot read --api-key-file {api_key_file}: {exc.strerror}")
+    if not keys:
+        fail("no API keys: set COMPOSER_API_KEYS=key1,key2 or pass --api-key-file FILE "
+             "(every route except /healthz and /readyz requires 'Authorization: Bearer <key>')")
+    opts = ServeOptions(max_inflight=max_inflight, max_n=max_n, drain_timeout_s=drain_timeout,
+                        reliability={"max_retries": retries, "cooldown_after": cooldown_after,
+                                     "cooldown_s": cooldown_s})
+    code = run_server(str(Path(path).resolve()), host, port, [hash_key(k) for k in keys], opts,
+                      echo=lambda m: typer.echo(m, err=False))
+    raise typer.Exit(code)
