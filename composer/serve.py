@@ -86,6 +86,9 @@ class Metrics:
         self.inflight = Gauge("composer_inflight_requests", "Requests in the replica now", registry=r)
         self.loads = Gauge("composer_expert_loads", "Loads of each expert so far", ["expert"], registry=r)
         self.loaded = Gauge("composer_expert_loaded", "1 if the expert is loaded", ["expert"], registry=r)
+        self.stopped = Gauge("composer_expert_generations_cancelled",
+                             "Generations the backend stopped on cancel (backends with cancel())", ["expert"],
+                             registry=r)
         self.available = Gauge("composer_expert_available", "0 while cooling down or busy", ["expert"], registry=r)
 
     def record_answers(self, answers) -> None:
@@ -266,18 +269,19 @@ class Service:
         try:
             req = parse_body(await request.body(), RouteRequest)
             expert, pipeline, _ = resolve_model(self.composer, req.model)
-            text = req.input or next((m.text() for m in reversed(req.messages or []) if m.role == "user"), "")
-            if not text:
-                raise BadRequest("give 'input' or 'messages' with a user message", param="input")
+            texts = req.texts()
+            if not texts or not all(t.strip() for t in texts):
+                raise BadRequest("give 'input' (a string or a list) or 'messages' with a user message",
+                                 param="input")
             loop = asyncio.get_running_loop()
             decisions = await loop.run_in_executor(self.pool, partial(
-                self.composer.route, [Query(text, task=req.task)], expert=expert, pipeline=pipeline))
+                self.composer.route, [Query(t, task=req.task) for t in texts], expert=expert, pipeline=pipeline))
         except BadRequest as exc:
             return self.error(exc.status, exc.message, route=route, param=exc.param, code=exc.code)
         except ComposerError as exc:
             return self.error(400, str(exc), route=route)
         self.metrics.requests.labels(route, req.model, "200").inc()
-        return {"object": "route", "model": req.model, "decision": decisions[0].to_dict()}
+        return {"object": "route", "model": req.model, "decisions": [d.to_dict() for d in decisions]}
 
     async def predict(self, request):
         route = "/v1/predict"
@@ -311,6 +315,7 @@ class Service:
             self.metrics.loads.labels(name).set(b.load_count)
             self.metrics.loaded.labels(name).set(int(b.is_loaded))
             self.metrics.available.labels(name).set(int(health.get(name, {}).get("available", True)))
+            self.metrics.stopped.labels(name).set(getattr(b, "cancelled_queries", 0))
         return PlainTextResponse(generate_latest(self.metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(self):

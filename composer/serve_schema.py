@@ -82,8 +82,15 @@ class ChatRequest(_Strict):
 class RouteRequest(_Strict):
     model: str = Field(..., min_length=1)
     messages: list[Message] | None = None
-    input: str | None = None
+    input: Union[str, list[str], None] = None
     task: str | None = None
+
+    def texts(self) -> list[str]:
+        if isinstance(self.input, list):
+            return self.input
+        if self.input:
+            return [self.input]
+        return [m.text() for m in reversed(self.messages or []) if m.role == "user"][:1]
 
 
 class PredictRequest(_Strict):
@@ -125,13 +132,15 @@ def parse_body(raw: bytes, model: type[BaseModel]):
 def resolve_model(composer, name: str) -> tuple[str | None, str | None, int]:
     """(expert, pipeline, context window) for a request's `model`; BadRequest if unknown."""
     experts, pipelines = composer.experts, composer.pipelines
+    if name == "default" and name not in experts and name not in pipelines:
+        name = composer.default_expert()
     if name in pipelines:
         p = pipelines[name]
         pool = p.experts or list(experts)
         return None, name, max(experts[e].context_length for e in pool)
     if name in experts:
         return name, None, experts[name].context_length
-    known = ", ".join([*pipelines, *experts])
+    known = ", ".join([*pipelines, *experts, "default"])
     raise BadRequest(f"unknown model '{name}'; known pipelines and experts: {known}", param="model",
                      code="model_not_found")
 
