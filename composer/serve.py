@@ -29,7 +29,7 @@ from functools import partial
 
 from composer.errors import BadRequestError, ComposerError
 from composer.serve_schema import (BadRequest, ChatRequest, PredictRequest, RouteRequest, completion_body,
-                                   error_body, new_request_id, parse_body, resolve_model, stream_chunks, sse,
+                                   error_body, new_request_id, parse_body, resolve_model, role_chunk, stream_chunks, sse,
                                    to_queries)
 from composer.types import Query
 
@@ -146,8 +146,8 @@ class Service:
         return JSONResponse(error_body(message, type_=type_, param=param, code=code),
                             status_code=status, headers=headers)
 
-    def gate(self, request, route: str):
-        """Auth, drain and queue-limit checks; a response to send at once, or None to go on."""
+    def gate(self, request, route: str, admit: bool = False):
+        """Auth, drain and (with `admit`) queue-limit checks; a response to send at once, or None."""
         if not self.authorized(request):
             return self.error(401, "missing or invalid API key; send 'Authorization: Bearer <key>'",
                               route=route, type_="authentication_error", code="invalid_api_key")
@@ -155,7 +155,7 @@ class Service:
             self.metrics.rejected.labels("draining").inc()
             return self.error(503, "server is shutting down; retry on another instance", route=route,
                               type_="server_error", code="draining", retry_after=self.options.retry_after_s)
-        if self.inflight >= self.options.max_inflight:
+        if admit and self.inflight >= self.options.max_inflight:
             self.metrics.rejected.labels("overload").inc()
             return self.error(429, f"server busy ({self.inflight} requests in flight, limit "
                               f"{self.options.max_inflight}); retry later", route=route,
@@ -192,7 +192,7 @@ class Service:
         from fastapi.responses import JSONResponse, StreamingResponse
 
         route, t0 = "/v1/chat/completions", time.perf_counter()
-        gated = self.gate(request, route)
+        gated = self.gate(request, route, admit=True)
         if gated is not None:
             return gated
         self.inflight += 1
@@ -232,7 +232,9 @@ class Service:
 
     async def _stream(self, rid, model, queries, expert, pipeline, include_usage, t0):
         route = "/v1/chat/completions"
+        created = int(time.time())
         try:
+            yield role_chunk(rid, model, created)  # at once: the client sees the stream open
             answers = await self.run(queries, expert, pipeline)
             self.metrics.record_answers(answers)
             fail = self.failure(answers)
@@ -244,7 +246,7 @@ class Service:
                 yield b"data: [DONE]\n\n"
                 return
             self.metrics.requests.labels(route, model, "200").inc()
-            for piece in stream_chunks(rid, model, answers, include_usage):
+            for piece in stream_chunks(rid, model, answers, include_usage, created):
                 yield piece
         finally:
             self._done(route, t0)

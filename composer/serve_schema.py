@@ -222,13 +222,18 @@ def chunk(request_id: str, model: str, created: int, choices: list[dict], **extr
             "choices": choices, **extra}
 
 
+def role_chunk(request_id: str, model: str, created: int, index: int = 0) -> bytes:
+    return sse(chunk(request_id, model, created, [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                  "finish_reason": None}]))
+
+
 def stream_chunks(request_id: str, model: str, answers: list[Answer], include_usage: bool,
-                  words_per_chunk: int = 4):
-    """The SSE events of a finished answer: role, content pieces, finish, usage, [DONE]."""
-    created = int(time.time())
+                  created: int, words_per_chunk: int = 4):
+    """The SSE events of finished answers after the first role event: content pieces, finish,
+    usage, [DONE]."""
     for i, a in enumerate(answers):
-        yield sse(chunk(request_id, model, created, [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                     "finish_reason": None}]))
+        if i > 0:
+            yield role_chunk(request_id, model, created, i)
         words = a.text.split(" ")
         for k in range(0, len(words), words_per_chunk):
             piece = " ".join(words[k:k + words_per_chunk]) + (" " if k + words_per_chunk < len(words) else "")
