@@ -132,8 +132,8 @@ def parse_body(raw: bytes, model: type[BaseModel]):
 def resolve_model(composer, name: str) -> tuple[str | None, str | None, int]:
     """(expert, pipeline, context window) for a request's `model`; BadRequest if unknown."""
     experts, pipelines = composer.experts, composer.pipelines
-    if name == "default" and name not in experts and name not in pipelines:
-        name = composer.default_expert()
+    if name == "default" and name not in experts and name not in pipelines:  # the registry's default
+        return None, None, experts[composer.default_expert()].context_length
     if name in pipelines:
         p = pipelines[name]
         pool = p.experts or list(experts)

@@ -1,0 +1,95 @@
+"""`composer serve` on the embedded default registry (experts.yaml: SmolLM2 through llama.cpp),
+reached by the official `openai` client and by `litellm`, streamed and not, plus curl-style
+calls to /v1/models and /v1/route. One real server process for the module."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from serve_proc import REPO, ServerProc
+
+KEY = "real-model-key-5d1c"
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ServerProc(REPO / "experts.yaml", KEY).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.base}/v1", api_key=KEY, max_retries=0, timeout=300)
+    yield client
+    client.close()
+
+
+def test_openai_client_non_streaming(oai):
+    r = oai.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=16, temperature=0)
+    text = r.choices[0].message.content
+    assert "paris" in text.lower(), text
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.model == "smollm2" and r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_openai_client_streaming(oai):
+    stream = oai.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=16, temperature=0,
+                                         stream=True, stream_options={"include_usage": True})
+    pieces, usage = [], None
+    for ev in stream:
+        if ev.choices:
+            pieces.append(ev.choices[0].delta.content or "")
+        if ev.usage is not None:
+            usage = ev.usage
+    assert len(pieces) >= 2
+    assert "paris" in "".join(pieces).lower()
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_openai_client_errors_are_clear(oai):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert "unknown model 'no-such-model'" in str(e.value)
+    from openai import OpenAI
+
+    with OpenAI(base_url=oai.base_url, api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+
+
+def test_models_lists_experts(oai):
+    ids = {m.id for m in oai.models.list()}
+    assert {"smollm2", "gemma3-270m", "smollm2-server"} <= ids
+
+
+def test_litellm_non_streaming_and_streaming(server):
+    import litellm
+
+    kw = dict(model="openai/smollm2", api_base=f"{server.base}/v1", api_key=KEY, messages=QUESTION,
+              max_tokens=16, temperature=0, num_retries=0, timeout=300)
+    r = litellm.completion(**kw)
+    assert "paris" in r.choices[0].message.content.lower()
+    assert r.usage.completion_tokens > 0
+    chunks = list(litellm.completion(stream=True, **kw))
+    text = "".join((c.choices[0].delta.content or "") for c in chunks if c.choices)
+    assert "paris" in text.lower(), text
+
+
+def test_route_endpoint_explains_without_generating(server):
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        r = c.post("/v1/route", json={"model": "default", "input": ["hi", "there"]})
+        assert r.status_code == 200, r.text
+        ds = r.json()["decisions"]
+        assert [d["experts"] for d in ds] == [["smollm2"], ["smollm2"]]
+        assert ds[0]["reason"] == "registry default expert"
+        m = c.get("/metrics").text
+        assert 'composer_expert_loads{expert="gemma3-270m"} 0.0' in m  # routing loaded nothing
+        assert 'composer_tokens_total{expert="smollm2",kind="completion"}' in m
