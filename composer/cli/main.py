@@ -31,6 +31,7 @@ app.add_typer(models_app, name="models")
 COMMAND_MODULES = (
     "composer.cli.core_cmds",
     "composer.cli.outcomes",
+    "composer.cli.routers",
     "composer.cli.serve",
 )
 

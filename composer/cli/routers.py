@@ -1,0 +1,271 @@
+"""Router commands: `router train`, `route`, `bench router`, and `eval` (offline or live)."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from composer.cli.main import app, bench_app, router_app
+from composer.errors import ComposerError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def expand_paths(values: List[str] | None) -> list[str]:
+    """Repeated options, comma-separated lists and (quoted) glob patterns, in order."""
+    out: list[str] = []
+    for v in values or []:
+        for part in (p.strip() for p in v.split(",")):
+            if not part:
+                continue
+            hits = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+            if not hits:
+                _fail(f"no file matches '{part}'", EXIT_USAGE)
+            out.extend(hits)
+    return out
+
+
+def parse_params(values: List[str] | None, routers: list[str]) -> dict[str, dict]:
+    """`--param knn.n_neighbors=30` (one router) or `--param lam=0.1` (every router)."""
+    import yaml
+
+    params: dict[str, dict] = {r: {} for r in routers}
+    for item in values or []:
+        if "=" not in item:
+            _fail(f"--param '{item}': expected key=value or router.key=value", EXIT_USAGE)
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        if "." in key and key.split(".", 1)[0] in params:
+            r, k = key.split(".", 1)
+            params[r][k] = value
+        else:
+            for r in routers:
+                params[r][key] = value
+    return params
+
+
+def _read(paths: list[str], fmt: str, prices: Optional[Path]):
+    from composer.outcomes import load_prices, read_outcomes
+
+    table = read_outcomes(paths, format=fmt)
+    if prices is not None:
+        table = table.with_price_costs(load_prices(prices))
+    return table
+
+
+OUTCOMES_OPT = typer.Option(None, "--outcomes", "-o", help="Training outcome files/folders (repeat, comma-separate or quote a glob).")
+PRICES_OPT = typer.Option(None, "--prices", help="experts.yaml or {expert: price} YAML: fills missing costs from a token estimate.")
+FORMAT_OPT = typer.Option("auto", "--format", help="Outcome format: auto, routerdc, routellm, routerbench, long.")
+PARAM_OPT = typer.Option(None, "--param", "-P", help="Router parameter key=value (or router.key=value); repeatable.")
+
+
+@router_app.command("train")
+def train(
+    outcomes: List[str] = OUTCOMES_OPT,
+    router: str = typer.Option(..., "--router", "-r", help="Router name (see `composer router list`)."),
+    out: Path = typer.Option(..., "--out", help="Folder to save the fitted router in."),
+    prices: Optional[Path] = PRICES_OPT,
+    fmt: str = FORMAT_OPT,
+    param: List[str] = PARAM_OPT,
+    calibrate_cost: Optional[float] = typer.Option(None, help="Calibrate lam so the mean cost per query is at most this (on a held-out 20%)."),
+    calibrate_share: Optional[float] = typer.Option(None, help="Calibrate lam so at most this share of calls go to the priciest expert."),
+    seed: int = typer.Option(0, help="Seed for the calibration split and the router."),
+):
+    """Fit a router on outcome tables and save it."""
+    from routers import make_router
+
+    paths = expand_paths(outcomes)
+    if not paths:
+        _fail("give training outcomes with --outcomes", EXIT_USAGE)
+    try:
+        table = _read(paths, fmt, prices)
+        params = parse_params(param, [router])[router]
+        params.setdefault("seed", seed)
+        r = make_router(router, **params)
+        cal = None
+        if calibrate_cost is not None or calibrate_share is not None:
+            fit_t, cal_t = table.split(0.2, seed=seed)
+            r.fit(fit_t)
+            cal = r.calibrate(cal_t.prompts(), target_cost=calibrate_cost, expensive_share=calibrate_share)
+        else:
+            r.fit(table)
+        r.save(out)
+    except ComposerError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    typer.echo(f"trained '{router}' on {table.n_queries} queries x {len(r.experts_)} experts "
+               f"({', '.join(table.tasks)}); saved to {out}")
+    for e, m, c in zip(r.experts_, r.train_means_, r.expert_costs_):
+        typer.echo(f"  {e:<48} train mean {m:.4f}  mean cost {c:.3g}")
+    if cal is not None:
+        typer.echo(f"calibrated lam = {cal:.6g}")
+
+
+@router_app.command("list")
+def list_routers():
+    """The router names `--router` accepts."""
+    from routers import ROUTERS, router_class
+
+    for name in ROUTERS:
+        doc = (router_class(name).__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:<12} {doc[0] if doc else ''}")
+
+
+@app.command("route")
+def route(
+    question: str = typer.Argument(..., help="The query to route."),
+    router: Path = typer.Option(..., "--router", "-r", help="A saved router folder (from `composer router train`)."),
+    k: Optional[int] = typer.Option(None, help="Experts per query (default: the router's)."),
+    lam: Optional[float] = typer.Option(None, help="Cost weight: maximise score - lam x cost."),
+    budget: Optional[float] = typer.Option(None, help="Maximum expected cost per query."),
+    as_json: bool = typer.Option(False, "--json", help="Print the RouteDecision as JSON."),
+):
+    """Print the experts a saved router picks for QUESTION, with its reason."""
+    from routers import load_router
+
+    try:
+        d = load_router(None, router).route([question], k=k, lam=lam, budget=budget)[0]
+    except ComposerError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        typer.echo(json.dumps(d.to_dict(), indent=2))
+        return
+    typer.echo(f"experts: {', '.join(d.experts)}")
+    if d.aggregator:
+        typer.echo(f"aggregator: {d.aggregator}" + (f" by {d.aggregator_expert}" if d.aggregator_expert else ""))
+    typer.echo(f"reason: {d.reason}")
+    for e in sorted(d.scores, key=lambda x: -d.scores[x]):
+        typer.echo(f"  {e:<48} predicted {d.scores[e]:.4f}  cost {d.costs.get(e, 0):.3g}")
+
+
+@bench_app.command("router")
+def bench_router(
+    router: str = typer.Option(..., "--router", "-r", help="A saved router folder, or a router name to fit on --outcomes."),
+    outcomes: List[str] = OUTCOMES_OPT,
+    n_single: int = typer.Option(100, help="Single-query calls to time."),
+    n_batch: int = typer.Option(1024, help="Queries in the batched run."),
+    batch_size: int = typer.Option(256, help="Queries per route() call in the batched run."),
+    out: Path = typer.Option(Path("runs/bench_router.json"), "--out", help="JSON file for the numbers."),
+):
+    """Routing overhead: p50 single-query latency and batched queries/s on fresh prompts."""
+    from evals.bench_router import run_bench
+    from routers import Router, make_router
+
+    paths = expand_paths(outcomes)
+    if not paths:
+        _fail("give --outcomes: their prompts are the benchmark queries", EXIT_USAGE)
+    try:
+        table = _read(paths, "auto", None)
+        if Path(router).is_dir():
+            r = Router.load(router)
+        else:
+            train, _ = table.split(0.5, seed=0)
+            r = make_router(router).fit(train)
+        run_bench(r, table.prompts(), n_single=n_single, n_batch=n_batch, batch_size=batch_size,
+                  out=out, progress=typer.echo)
+    except (ComposerError, ValueError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    outcomes: List[str] = OUTCOMES_OPT,
+    test: List[str] = typer.Option(None, "--test", "-t", help="Held-out outcome files (default: a split of --outcomes)."),
+    router: List[str] = typer.Option(None, "--router", "-r", help="Router names to evaluate (repeat or comma-separate; 'all')."),
+    sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Trace each router's cost-quality curve."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json, decisions.jsonl, curves.png (live: the JSONL store)."),
+    prices: Optional[Path] = PRICES_OPT,
+    fmt: str = FORMAT_OPT,
+    param: List[str] = PARAM_OPT,
+    test_fraction: float = typer.Option(0.3, help="Held-out share when --test is not given."),
+    points: int = typer.Option(20, help="Points per sweep curve."),
+    strong: Optional[str] = typer.Option(None, help="Strong expert for RouteLLM's metrics (default: the better of a pair)."),
+    weak: Optional[str] = typer.Option(None, help="Weak expert for RouteLLM's metrics."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary rows as JSON."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Live mode: run this benchmark on real models."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="Live mode: the pipeline (or expert) to run."),
+    expert: Optional[str] = typer.Option(None, "--expert", help="Live mode: a single expert baseline."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Live mode: registry file."),
+    limit: Optional[int] = typer.Option(None, help="Live mode: number of benchmark items."),
+    max_tokens: Optional[int] = typer.Option(None, help="Live mode: max new tokens per answer."),
+    seed: int = typer.Option(0, help="Seed (split, routers; live: item order)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Live mode: skip items already in the store."),
+):
+    """Evaluate routers offline on recorded outcomes, or (--benchmark) a pipeline live on real models."""
+    if benchmark is not None:
+        from evals.live import run_live_eval
+
+        kwargs = dict(benchmark=benchmark, pipeline=pipeline, config=config, limit=limit, seed=seed,
+                      out=out, resume=resume)
+        if expert is not None:
+            kwargs["expert"] = expert
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        try:
+            summary = run_live_eval(**kwargs)
+        except ComposerError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
+                  strong, weak, as_json, seed)
+
+
+def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
+                  strong, weak, as_json, seed) -> None:
+    from evals.router_eval import evaluate
+    from routers import ROUTERS
+
+    train_paths, test_paths = expand_paths(outcomes), expand_paths(test)
+    if not train_paths:
+        _fail("offline eval needs --outcomes (or --benchmark for a live run)", EXIT_USAGE)
+    names = [n for v in (router or ["all"]) for n in v.split(",") if n]
+    if "all" in names:
+        names = list(ROUTERS)
+    unknown = [n for n in names if n not in ROUTERS]
+    if unknown:
+        _fail(f"unknown router(s) {unknown}; known: {', '.join(ROUTERS)}", EXIT_USAGE)
+    try:
+        train_t = _read(train_paths, fmt, prices)
+        if test_paths:
+            test_t = _read(test_paths, fmt, prices)
+        else:
+            train_t, test_t = train_t.split(test_fraction, seed=seed)
+        params = parse_params(param, names)
+        for p in params.values():
+            p.setdefault("seed", seed)
+        res = evaluate(train_t, test_t, names, params=params, sweep=sweep, n_points=points, out_dir=out,
+                       strong=strong, weak=weak, progress=lambda m: typer.echo(m, err=as_json))
+    except ComposerError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        typer.echo(json.dumps(res["summary"], indent=2))
+        return
+    print_summary(res)
+    if out is not None:
+        typer.echo(f"wrote {out}/results.json, {out}/decisions.jsonl, {out}/curves.png")
+
+
+def print_summary(res) -> None:
+    b, o = res["best_single"], res["oracle"]
+    typer.echo(f"\n{res['n_train_queries']} train -> {res['n_test_queries']} test queries; tasks {', '.join(res['tasks'])}")
+    typer.echo(f"best single expert: {b['expert']} task-avg {b['task_average']:.4f}; oracle task-avg {o['task_average']:.4f}")
+    cols = ["router", "task_avg", "pooled", "gap_closed", "cost", "APGR", "CPT50", "AIQ"]
+    typer.echo("  ".join(f"{c:>11}" for c in cols))
+    for row in res["summary"]:
+        vals = [row["router"], _f(row["task_average"]), _f(row["accuracy"]), _f(row["oracle_gap_closed"]),
+                f"{row['cost']:.4g}", _f(row.get("apgr")), _f(row.get("cpt50"), 2), _f(row.get("aiq_all"), 4)]
+        typer.echo("  ".join(f"{v:>11}" for v in vals))
+
+
+def _f(x, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

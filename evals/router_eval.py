@@ -1,0 +1,237 @@
+"""Offline router evaluation: train on outcome tables, replay decisions on held-out ones.
+
+No model runs: a decision's quality is the recorded score of the expert it chose, its cost the
+recorded (or price-estimated) cost. For every router and task it reports accuracy, cost, the
+oracle gap closed, the cost-quality curve of its lam / threshold / top-p sweep, RouteLLM's
+CPT(20/50/80%), AUC and APGR (strong/weak pairs), and RouterBench's AIQ against the zero router.
+Missing scores are excluded and counted, never read as 0.
+
+    >>> res = evaluate(train, test, ["best_single", "knn", "mlp"], out_dir="runs/eval")
+
+Multi-expert decisions (symbolic k>1, dynamic) are scored by their first (highest-ranked)
+expert, i.e. as if the aggregator returned it; `accuracy_best_of` is the upper bound if it
+always picked the best candidate. Their cost is the sum over the experts called.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from composer.errors import RoutingError
+from composer.outcomes import OutcomeTable
+from evals.router_metrics import aiq, pair_metrics, routellm_selections
+from routers.base import make_router
+
+
+def _nanmean(x) -> float | None:
+    x = np.asarray(x, dtype=float)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None
+
+
+class Replay:
+    """The test table as arrays: true scores, true costs, tasks."""
+
+    def __init__(self, test: OutcomeTable, experts: list[str], expected_costs: np.ndarray):
+        self.experts = experts
+        self.query_ids = test.query_ids
+        self.prompts = test.prompts()
+        self.tasks = np.asarray(test.task_of().tolist())
+        self.task_names = list(dict.fromkeys(self.tasks.tolist()))
+        self.Y = test.score_matrix(experts).to_numpy(dtype=float)
+        C = test.cost_matrix(experts).to_numpy(dtype=float)
+        self.cost_unit = "usd" if np.isfinite(C).any() else "calls"
+        if self.cost_unit == "calls":
+            C = np.ones_like(self.Y)
+        # a cost missing in the test table falls back to the expert's mean training cost
+        self.C = np.where(np.isfinite(C), C, expected_costs[None, :])
+
+    def point(self, chosen: list[list[int]]) -> dict[str, Any]:
+        """Accuracy / cost of one set of decisions, overall and per task."""
+        n = len(chosen)
+        first = np.array([c[0] for c in chosen])
+        rows = np.arange(n)
+        primary = self.Y[rows, first]
+        best_of = np.array([np.nanmax(self.Y[i, c]) if np.isfinite(self.Y[i, c]).any() else np.nan
+                            for i, c in enumerate(chosen)])
+        cost = np.array([self.C[i, c].sum() for i, c in enumerate(chosen)])
+        n_exp = np.array([len(c) for c in chosen])
+        task_acc = {t: _nanmean(primary[self.tasks == t]) for t in self.task_names}
+        task_cost = {t: float(cost[self.tasks == t].sum()) for t in self.task_names}
+        counts = np.bincount(first, minlength=len(self.experts))
+        return {
+            "accuracy": _nanmean(primary), "accuracy_best_of": _nanmean(best_of),
+            "task_accuracy": task_acc, "task_average": _nanmean(list(task_acc.values())),
+            "cost": float(cost.sum()), "cost_per_query": float(cost.mean()), "task_cost": task_cost,
+            "missing": int(np.isnan(primary).sum()), "experts_per_query": float(n_exp.mean()),
+            "share": {e: float(c / n) for e, c in zip(self.experts, counts) if c},
+        }
+
+
+def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
+             params: dict[str, dict] | None = None, sweep: bool = True, n_points: int = 20,
+             embedder=None, out_dir: str | Path | None = None, strong: str | None = None,
+             weak: str | None = None, progress=print) -> dict[str, Any]:
+    """Fit each router on `train`, replay it on `test`; write results.json, decisions.jsonl and
+    curves.png under `out_dir` when given. Returns the results dict."""
+    from routers.embed import Embedder
+
+    experts = train.experts
+    missing = sorted(set(experts) ^ set(test.experts))
+    if missing:
+        raise RoutingError(f"train and test tables must have the same experts; differing: {missing}")
+    params = params or {}
+    embedder = embedder or Embedder()
+    train_means = train.mean_scores().reindex(experts).to_numpy(dtype=float)
+    train_costs = train.cost_matrix(experts).to_numpy(dtype=float)
+    exp_costs = (np.nan_to_num(np.nanmean(train_costs, axis=0), nan=0.0) if np.isfinite(train_costs).any()
+                 else np.zeros(len(experts)))
+    rep = Replay(test, experts, exp_costs)
+    res: dict[str, Any] = {
+        "train": train.source, "test": test.source, "experts": experts, "tasks": rep.task_names,
+        "n_train_queries": train.n_queries, "n_test_queries": test.n_queries, "cost_unit": rep.cost_unit,
+        "task_sizes": {t: int((rep.tasks == t).sum()) for t in rep.task_names},
+        "routers": {}, "params": params,
+    }
+    n = len(rep.query_ids)
+    res["singles"] = {e: rep.point([[j]] * n) for j, e in enumerate(experts)}
+    oracle_pick = [[int(np.nanargmax(np.where(np.isfinite(r), r, -np.inf)))] for r in rep.Y]
+    res["oracle"] = rep.point(oracle_pick)
+    best = max(experts, key=lambda e: res["singles"][e]["task_average"] or -1)
+    res["best_single"] = {"expert": best, **{k: res["singles"][best][k] for k in
+                                              ("accuracy", "task_average", "task_accuracy", "cost")}}
+    per_task = {t: max(experts, key=lambda e: res["singles"][e]["task_accuracy"][t] or -1) for t in rep.task_names}
+    res["best_single_per_task"] = {t: {"expert": e, "accuracy": res["singles"][e]["task_accuracy"][t]}
+                                   for t, e in per_task.items()}
+    pair = _pair(experts, train_means, strong, weak)
+    decisions: dict[str, list] = {}
+    for name in routers:
+        t0 = time.perf_counter()
+        r = make_router(name, **params.get(name, {})).use_embedder(embedder)
+        r.fit(test if name == "oracle" else train)
+        t1 = time.perf_counter()
+        S = r.predict_scores_texts(rep.prompts)
+        t2 = time.perf_counter()
+        C = r.expected_costs(n)
+        default = r.select(S, C)
+        entry: dict[str, Any] = {"params": r.get_params(), "fit_s": round(t1 - t0, 2),
+                                 "predict_s": round(t2 - t1, 2), "default": rep.point(default)}
+        entry["oracle_gap_closed"] = _gap(entry["default"], res)
+        if sweep:
+            entry["curve"] = [{"knob": knob, **rep.point(r.select(S, C, **knob))}
+                              for knob in r.sweep_knobs(S, C, n_points)]
+        if pair is not None:
+            entry["pair"] = _routellm_curve(r, S, C, rep, pair)
+        decisions[name] = [{"query_id": q, "task": t, "experts": [experts[j] for j in c],
+                            "score": None if np.isnan(rep.Y[i, c[0]]) else float(rep.Y[i, c[0]]),
+                            "cost": float(rep.C[i, c].sum())}
+                           for i, (q, t, c) in enumerate(zip(rep.query_ids, rep.tasks, default))]
+        res["routers"][name] = entry
+        d = entry["default"]
+        progress(f"{name:<12} task-avg {d['task_average']:.4f}  pooled {d['accuracy']:.4f}  "
+                 f"cost {d['cost']:.4g}  gap closed {_pct(entry['oracle_gap_closed'])}  "
+                 f"(fit {entry['fit_s']}s, predict {entry['predict_s']}s)")
+    if pair is not None:
+        res["pair"] = {"strong": experts[pair[0]], "weak": experts[pair[1]]}
+    if sweep and rep.cost_unit == "usd":
+        res["aiq"] = _aiq_table(res, rep)
+    res["summary"] = summary_rows(res)
+    if out_dir is not None:
+        write_outputs(res, decisions, Path(out_dir))
+    return res
+
+
+def _pair(experts, train_means, strong, weak) -> tuple[int, int] | None:
+    if strong or weak:
+        if not (strong in experts and weak in experts):
+            raise RoutingError(f"--strong/--weak must both name experts of the table: {experts}")
+        return experts.index(strong), experts.index(weak)
+    if len(experts) != 2:
+        return None
+    s = int(np.argmax(train_means))
+    return s, 1 - s
+
+
+def _routellm_curve(r, S, C, rep: Replay, pair) -> dict[str, Any]:
+    """RouteLLM's 11-threshold curve over the router's strong preference, and its metrics."""
+    s, w = pair
+    pref = r.strong_preference(S, s, w) if hasattr(r, "strong_preference") else S[:, s] - S[:, w]
+    pts = []
+    for thr, sel in routellm_selections(pref, 10):
+        chosen = [[s] if x else [w] for x in sel]
+        p = rep.point(chosen)
+        pts.append({"threshold": thr, "strong_pct": 100.0 * float(sel.mean()), "accuracy_pct": 100.0 * p["accuracy"],
+                    "cost": p["cost"]})
+    weak_acc = 100.0 * _nanmean(rep.Y[:, w])
+    strong_acc = 100.0 * _nanmean(rep.Y[:, s])
+    m = pair_metrics([p["strong_pct"] for p in pts], [p["accuracy_pct"] for p in pts], weak_acc, strong_acc)
+    return {"points": pts, "weak_accuracy_pct": weak_acc, "strong_accuracy_pct": strong_acc, **m}
+
+
+def _gap(point, res) -> float | None:
+    lo, hi = res["best_single"]["task_average"], res["oracle"]["task_average"]
+    if point["task_average"] is None or hi is None or hi == lo:
+        return None
+    return (point["task_average"] - lo) / (hi - lo)
+
+
+def _aiq_table(res, rep: Replay) -> dict[str, Any]:
+    """AIQ per task and overall for every router's sweep, with the zero router of the singles."""
+    out: dict[str, Any] = {}
+    for scope in [*rep.task_names, "all"]:
+        curves = {}
+        for name, e in res["routers"].items():
+            pts = [(_cost(p, scope), _acc(p, scope)) for p in e.get("curve", []) + [e["default"]]]
+            pts = [p for p in pts if p[1] is not None]
+            if pts:
+                curves[name] = np.array(pts, dtype=float)
+        zero = [(_cost(p, scope), _acc(p, scope)) for p in res["singles"].values()]
+        curves["zero_router"] = np.array([p for p in zero if p[1] is not None], dtype=float)
+        out[scope] = aiq(curves)
+    names = [*res["routers"], "zero_router"]
+    out["task_mean"] = {nm: _nanmean([out[t].get(nm, np.nan) for t in rep.task_names]) for nm in names}
+    return out
+
+
+def _cost(p, scope):
+    return p["cost"] if scope == "all" else p["task_cost"][scope]
+
+
+def _acc(p, scope):
+    return p["accuracy"] if scope == "all" else p["task_accuracy"][scope]
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_rows(res) -> list[dict[str, Any]]:
+    rows = []
+    for name, e in res["routers"].items():
+        d = e["default"]
+        row = {"router": name, "task_average": d["task_average"], "accuracy": d["accuracy"],
+               "cost": d["cost"], "oracle_gap_closed": e["oracle_gap_closed"], "missing": d["missing"],
+               "experts_per_query": d["experts_per_query"]}
+        if "pair" in e:
+            row.update({k: e["pair"][k] for k in ("apgr", "cpt20", "cpt50", "cpt80", "auc")})
+        if "aiq" in res:
+            row["aiq_task_mean"] = res["aiq"]["task_mean"].get(name)
+            row["aiq_all"] = res["aiq"]["all"].get(name)
+        rows.append(row)
+    return rows
+
+
+def write_outputs(res: dict, decisions: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=float), encoding="utf-8")
+    with (out / "decisions.jsonl").open("w", encoding="utf-8") as f:
+        for name, rows in decisions.items():
+            for row in rows:
+                f.write(json.dumps({"router": name, **row}, ensure_ascii=False) + "\n")
+    from evals.router_plot import plot_curves
+
+    plot_curves(res, out / "curves.png")
