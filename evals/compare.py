@@ -1,0 +1,83 @@
+"""The live aggregation comparison: several runs (experts and pipelines) on several benchmarks,
+one resumable result file per (benchmark, run), then one table.
+
+    python -m evals.compare --config evals/configs/live-cpu.yaml --benchmarks mmlu gsm8k \\
+        --runs smollm2 gemma3-270m self-moa moa vote --limit 50 --seed 0 --out-dir runs/aggregation
+
+Runs go benchmark by benchmark, run by run; a killed comparison restarts where it stopped
+(every finished query is already on disk). The table is printed and written to
+`<out-dir>/comparison.json`; `composer leaderboard <out-dir>/*.jsonl --out DIR` renders it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from evals.live import ResultStore, run_live_eval, summarise
+
+
+def result_path(out_dir: Path, benchmark: str, run: str, seed: int) -> Path:
+    return out_dir / f"{benchmark}__{run}__seed{seed}.jsonl"
+
+
+def compare(benchmarks: list[str], runs: list[str], *, config: str | None, limit: int, seed: int,
+            out_dir: str | Path, max_tokens: dict[str, int] | None = None, progress: bool = True) -> list[dict]:
+    out_dir = Path(out_dir)
+    rows = []
+    for b in benchmarks:
+        for r in runs:
+            s = run_live_eval(b, r, config, limit, seed, result_path(out_dir, b, r, seed), True,
+                              max_tokens=(max_tokens or {}).get(b), progress=progress)
+            rows.append(s)
+            write_table(out_dir, rows)
+    return rows
+
+
+def write_table(out_dir: Path, rows: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+def table(out_dir: str | Path) -> list[dict]:
+    """Summaries of every result file in `out_dir` (whatever has finished so far)."""
+    return [summarise(ResultStore(p).records()) | {"results": str(p)}
+            for p in sorted(Path(out_dir).glob("*.jsonl"))]
+
+
+def render(rows: list[dict]) -> str:
+    head = "| benchmark | run | n | accuracy | mean cost (USD) | mean latency (s) | mean tokens out |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for s in rows:
+        acc = f"{s['accuracy']:.3f}" if s.get("accuracy") is not None else "-"
+        lines.append(f"| {s['benchmark']} | {s['run']} | {s['n']} | {acc} | {s['mean_cost'] or 0:.3g} | "
+                     f"{s['mean_latency_s'] or 0:.1f} | {s['mean_completion_tokens'] or 0:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config")
+    ap.add_argument("--benchmarks", nargs="+", default=["mmlu", "gsm8k"])
+    ap.add_argument("--runs", nargs="+", default=["smollm2", "self-moa", "moa", "vote"])
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", default="runs/aggregation")
+    ap.add_argument("--max-tokens", nargs="*", default=[], metavar="BENCH=N",
+                    help="per-benchmark generation budget, e.g. gsm8k=160 mmlu=32")
+    ap.add_argument("--table-only", action="store_true", help="summarise what is on disk and stop")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.table_only:
+        rows = table(a.out_dir)
+    else:
+        mt = {k: int(v) for k, v in (x.split("=", 1) for x in a.max_tokens)}
+        rows = compare(a.benchmarks, a.runs, config=a.config, limit=a.limit, seed=a.seed,
+                       out_dir=a.out_dir, max_tokens=mt, progress=not a.no_progress)
+    print(render(rows))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
