@@ -31,6 +31,7 @@ import random
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -289,14 +290,35 @@ class Reliability:
             by_expert.setdefault(it.expert, []).append(it)
         order = list(by_expert)
         events: list[dict] = []
+
+        def later(k: int) -> list[set[str]]:
+            return [{e} for e in order[k + 1:]] + list(upcoming or [])
+
+        # Remote experts' groups are called at once (they hold no memory and the executor runs
+        # them concurrently); local groups follow one by one in the scheduler's order.
+        remote = [e for e in order if self._is_remote(e)]
+        futures = {}
+        if len(remote) > 1:
+            pool = ThreadPoolExecutor(max_workers=len(remote), thread_name_prefix="reliable-remote")
+            futures = {e: pool.submit(self._call, run_stage, e, by_expert[e], later(order.index(e)))
+                       for e in remote}
+            pool.shutdown(wait=False)
         for k, expert in enumerate(order):
             group = by_expert[expert]
-            later = [{e} for e in order[k + 1:]] + list(upcoming or [])
-            cands, evs = self._call(run_stage, expert, group, later)
+            if expert in futures:
+                cands, evs = futures[expert].result()
+            else:
+                cands, evs = self._call(run_stage, expert, group, later(k))
             events += evs
             for it, c in zip(group, cands):
                 self._settle(it, c)
         return events
+
+    def _is_remote(self, expert: str) -> bool:
+        if self.get_backend is not None:
+            return bool(self.get_backend(expert).remote)
+        spec = self.experts.get(expert)
+        return bool(spec is not None and spec.is_remote)
 
     def _call(self, run_stage, expert: str, group: list[_Item], later) -> tuple[list[Candidate], list[dict]]:
         """One group call in a worker thread, bounded by the expert's timeout and by cancellation."""

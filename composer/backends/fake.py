@@ -12,6 +12,8 @@ generation time and failures controllable. Options (experts.yaml `options`):
 - fail_on_type: the error_type those failures carry (e.g. "bad_request" for a 400; default "error")
 - reply: a template for the answer, formatted with {expert}, {text}, {n}; default echoes the query
 - tokens_per_word: completion tokens counted per word of the reply (default 1)
+- remote: true makes it behave as a remote API expert (no load counted, no memory held, run
+  concurrently with other groups), for timing benchmarks of remote stages
 - enforce_context: true makes a query whose prompt words + max_tokens exceed `context_length`
   fail with error_type "context_overflow" (non-retryable), as real backends do
 
@@ -41,6 +43,10 @@ class FakeBackend(Backend):
         self.cancelled_queries = 0
         self._cancel: set[str] = set()
         self._wake = threading.Condition(self._lock)
+
+    @property
+    def remote(self) -> bool:  # `remote: true`: timing benchmarks of remote experts
+        return bool(self._opt("remote", False))
 
     def cancel(self, query_ids) -> None:
         """Stop generating for these query ids (those not started yet or sleeping now)."""
