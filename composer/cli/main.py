@@ -30,6 +30,7 @@ app.add_typer(models_app, name="models")
 # One module per area; each registers its commands on the apps above when imported.
 COMMAND_MODULES = (
     "composer.cli.core_cmds",
+    "composer.cli.aggregation",
     "composer.cli.outcomes",
     "composer.cli.routers",
     "composer.cli.serve",
