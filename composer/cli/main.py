@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "composer.cli.outcomes",
     "composer.cli.routers",
     "composer.cli.serve",
+    "composer.cli.bench_service",
 )
 
 _registered = False
