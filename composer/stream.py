@@ -2,7 +2,7 @@
 
 API
 ---
-    batcher = StreamBatcher(executor, max_wait_s=0.5, max_batch=32)
+    batcher = StreamBatcher(executor, max_wait_s=0.5, max_batch=32, hold=True)
     fut = batcher.submit(Query("hi"), "smollm2")  # concurrent.futures.Future[Candidate]; thread-safe
     candidate = fut.result(timeout=60)            # a failed call is a Candidate with `error` set
     batcher.stats()                               # {"loads", "unloads", "batches", "served", ...}
@@ -12,16 +12,20 @@ API
 itself and never closes the executor. One worker thread serves local experts one batch at a
 time; remote experts (no load) are dispatched at once to a small thread pool.
 
-Policy (`choose_next`, shared with the simulator below so the benchmark measures this code):
+Policy (`choose_next` and `hold_until`, shared with the simulator below so the benchmark
+measures this code):
 1. a request that has waited `max_wait_s` or more gets its expert served next (oldest first):
-   batching never starves a request; a request waits at most about max_wait_s + the batch in
-   progress + its own load and batch;
+   batching never starves a request;
 2. else a resident expert with queued work (no load), oldest request first;
-3. else the expert of the oldest queued request (a load).
-A batch takes up to `max_batch` of that expert's queued requests. When a load needs room, the
-Scheduler evicts the resident expert whose next use in the known queue is furthest (Belady over
-what is queued); experts with nothing queued go first, least recently used first (LRU when
-nothing is known).
+3. else a load is needed: with `hold=True` (default) the worker first holds until the oldest
+   request has waited `max_wait_s` (or a resident expert gets work, or close() is called), so
+   requests for the same expert gather into one batch and the known queue grows; then it serves
+   the expert of the oldest queued request.
+A request therefore waits at most about max_wait_s + the batch in progress + its own load and
+batch. A batch takes up to `max_batch` of that expert's queued requests. When a load needs room,
+the Scheduler evicts the resident expert whose next use in the known queue is furthest (Belady
+over what is queued); experts with nothing queued go first, least recently used first (LRU
+when nothing is known).
 
 Simulator: `simulate_stream(arrivals, capacity, load_s, gen_s, ...)` replays a timed trace through
 the same policy with unit-size experts and returns its loads and served order; `belady_loads`
@@ -63,6 +67,15 @@ def choose_next(heads: dict[str, tuple[int, float]], resident: list[str], now: f
     return oldest
 
 
+def hold_until(heads: dict[str, tuple[int, float]], resident: list[str], max_wait_s: float) -> float:
+    """When serving now would need a load: the time until which to wait for more requests (the
+    oldest request's deadline). Compare with the clock: a past time means serve now."""
+    if any(e in heads for e in resident):
+        return -math.inf
+    oldest = min(heads.values())
+    return oldest[1] + max_wait_s
+
+
 def upcoming_of(heads: dict[str, tuple[int, float]]) -> list[set[str]]:
     """The known queue as stages for the Scheduler: experts in order of their oldest request."""
     return [{e} for e in sorted(heads, key=lambda e: heads[e][0])]
@@ -71,11 +84,12 @@ def upcoming_of(heads: dict[str, tuple[int, float]]) -> list[set[str]]:
 class StreamBatcher:
     """Serves (query, expert) requests as they arrive; see the module docstring."""
 
-    def __init__(self, executor, *, max_wait_s: float = 0.5, max_batch: int = 32,
+    def __init__(self, executor, *, max_wait_s: float = 0.5, max_batch: int = 32, hold: bool = True,
                  remote_workers: int = 8):
         self.executor = executor
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
+        self.hold = hold
         self.remote_workers = remote_workers
         self._cond = threading.Condition()
         self._queues: dict[str, deque[_Entry]] = {}
@@ -138,12 +152,18 @@ class StreamBatcher:
         return batch
 
     def _next_batch(self) -> tuple[list[tuple[str, list[_Entry]]], str | None, list[_Entry], list[set[str]]]:
-        """Under the lock: remote batches to dispatch, and the local batch to run next."""
+        """Under the lock: remote batches to dispatch, and the local batch to run next (None
+        while holding for more requests)."""
         remote_set = self.executor.scheduler.remote
         remote = [(e, self._take(e)) for e in list(self._queues) if e in remote_set]
         if not self._queues:
             return remote, None, [], []
         heads = {e: (q[0].seq, q[0].t) for e, q in self._queues.items()}
+        if self.hold and not self._closed:
+            wait = hold_until(heads, list(self.executor.resident), self.max_wait_s) - time.monotonic()
+            if wait > 0:
+                self._cond.wait(wait)  # a new request or close() wakes us to decide again
+                return remote, None, [], []
         expert = choose_next(heads, list(self.executor.resident), time.monotonic(), self.max_wait_s)
         batch = self._take(expert)
         heads = {e: (q[0].seq, q[0].t) for e, q in self._queues.items()}
@@ -201,7 +221,7 @@ class SimResult:
 
 
 def simulate_stream(arrivals: list[tuple[float, str]], capacity: int, load_s: float, gen_s: float,
-                    max_wait_s: float = math.inf, max_batch: int = 32) -> SimResult:
+                    max_wait_s: float = math.inf, max_batch: int = 32, hold: bool = True) -> SimResult:
     """Replay `arrivals` ((time, expert), sorted by time) through the StreamBatcher policy with
     `capacity` unit-size experts resident at most; loading costs `load_s`, each query `gen_s`."""
     experts = {e for _, e in arrivals}
@@ -219,6 +239,11 @@ def simulate_stream(arrivals: list[tuple[float, str]], capacity: int, load_s: fl
             queues.setdefault(arrivals[i][1], deque()).append(i)
             i += 1
         heads = {e: (q[0], arrivals[q[0]][0]) for e, q in queues.items()}
+        if hold:
+            until = min(hold_until(heads, resident, max_wait_s), arrivals[i][0] if i < n else math.inf)
+            if now < until < math.inf:
+                now = until  # hold: the oldest deadline or the next arrival, whichever is first
+                continue
         expert = choose_next(heads, resident, now, max_wait_s)
         q = queues[expert]
         batch = [q.popleft() for _ in range(min(max_batch, len(q)))]

@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "composer.cli.routers",
     "composer.cli.serve",
     "composer.cli.bench_service",
+    "composer.cli.bench_scheduler",
 )
 
 _registered = False
