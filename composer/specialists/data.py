@@ -94,6 +94,8 @@ class _PlanetoidUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         plain = self._PY2.get(module, module)
+        if module.startswith("scipy.sparse."):  # old private paths (scipy.sparse.csr) are deprecated
+            module = "scipy.sparse"
         if module.startswith(self._ALLOWED_PREFIXES) or (plain, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a Planetoid file")
