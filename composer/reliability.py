@@ -11,8 +11,11 @@ SDK and the HTTP endpoint all get the same policy:
   (HTTP 400 class) is never retried and never sent elsewhere;
 - fallbacks: after the retries (or at once for non-retryable errors) the item moves along its
   expert's `fallbacks` chain, bounded by `max_fallbacks`, never visiting an expert twice;
-- cooldown: an expert that fails `cooldown_after` times in a row is skipped for `cooldown_s`
-  seconds and comes back by itself (the next call after the cooldown is a trial);
+- cooldown: an expert that fails `cooldown_after` times in a row, while at least
+  `cooldown_rate` of its last `window` calls failed, is skipped for `cooldown_s` seconds and
+  comes back by itself (the next call is a trial: one more failure sends a still-failing expert
+  back at once). The rate guard keeps an expert that fails now and then (a flaky 25 %) in
+  service, where streaks of three happen every few dozen calls; a dead one fails them all;
 - context overflow: the item goes to the smallest expert with a larger context window (its
   fallbacks first) instead of being retried;
 - cancel(query_ids): a cancelled query gets no further attempts and its waiting stops.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 import re
 import threading
 import time
@@ -62,6 +66,7 @@ class ExpertHealth:
     failures: int = 0
     successes: int = 0
     cooldowns: int = 0
+    recent: deque = field(default_factory=lambda: deque(maxlen=20))  # True = failed
 
 
 @dataclass
@@ -82,8 +87,8 @@ class Reliability:
     """Policy state shared by every request of one Composer (one per process/replica)."""
 
     def __init__(self, experts: dict, *, max_retries: int = 2, backoff_s: float = 0.05,
-                 backoff_max_s: float = 2.0, cooldown_after: int = 3, cooldown_s: float = 30.0,
-                 max_fallbacks: int = 3, seed: int | None = None, get_backend=None,
+                 backoff_max_s: float = 2.0, cooldown_after: int = 3, cooldown_s: float = 10.0,
+                 cooldown_rate: float = 0.6, window: int = 20, max_fallbacks: int = 3, seed: int | None = None, get_backend=None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.experts = experts
         self.max_retries = max_retries
@@ -91,6 +96,8 @@ class Reliability:
         self.backoff_max_s = backoff_max_s
         self.cooldown_after = cooldown_after
         self.cooldown_s = cooldown_s
+        self.cooldown_rate = cooldown_rate
+        self.window = window
         self.max_fallbacks = max_fallbacks
         self.seed = seed
         self.get_backend = get_backend  # to signal `cancel(query_ids)` to backends that support it
@@ -104,7 +111,13 @@ class Reliability:
     # -- state ------------------------------------------------------------------------------
     def health(self, expert: str) -> ExpertHealth:
         with self._lock:
-            return self._health.setdefault(expert, ExpertHealth())
+            return self._health_locked(expert)
+
+    def _health_locked(self, expert: str) -> ExpertHealth:
+        h = self._health.get(expert)
+        if h is None:
+            h = self._health[expert] = ExpertHealth(recent=deque(maxlen=self.window))
+        return h
 
     def unavailable_reason(self, expert: str) -> str | None:
         """Why `expert` must be skipped now, or None when it may be called."""
@@ -136,13 +149,15 @@ class Reliability:
 
     def _record(self, expert: str, ok: bool) -> None:
         with self._lock:
-            h = self._health.setdefault(expert, ExpertHealth())
+            h = self._health_locked(expert)
+            h.recent.append(not ok)
             if ok:
                 h.consecutive_failures, h.successes = 0, h.successes + 1
                 return
             h.failures += 1
             h.consecutive_failures += 1
-            if h.consecutive_failures >= self.cooldown_after:
+            rate = sum(h.recent) / len(h.recent)
+            if h.consecutive_failures >= self.cooldown_after and rate >= self.cooldown_rate:
                 h.cooldown_until = self.clock() + self.cooldown_s
                 h.cooldowns += 1
 

@@ -270,6 +270,9 @@ def bench_soak(n: int = 2000, clients: int = 8, kill_at: int = 600, timeout_s: f
                             kind = _judge(r, q)
                             with lock:
                                 statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+                                if kind == "clear_error":
+                                    msg = re.sub(r"\d+(\.\d+)?", "N", r.json()["error"]["message"])[:160]
+                                    errors_seen[msg] = errors_seen.get(msg, 0) + 1
                         with lock:
                             counts[kind] += 1
                             done[0] += 1
@@ -287,7 +290,7 @@ def bench_soak(n: int = 2000, clients: int = 8, kill_at: int = 600, timeout_s: f
     failed = sum(v for (k, _), v in m.items() if k == "composer_expert_errors_total")
     answered = sum(v for (k, _), v in m.items() if k == "composer_expert_answers_total")
     res = {"requests": n, "clients": clients, "wall_s": round(wall, 1), "counts": counts,
-           "accounted": sum(counts.values()), "http_status": statuses, "client_errors": errors_seen,
+           "accounted": sum(counts.values()), "http_status": statuses, "errors": dict(sorted(errors_seen.items(), key=lambda kv: -kv[1])[:12]),
            "killed": killed, "expert_calls": int(failed + answered), "expert_failures": int(failed),
            "failure_share": round(failed / max(1, failed + answered), 3),
            "per_expert": {f"{k.split('_')[2]}:{lbl}": v for (k, lbl), v in sorted(m.items())}}

@@ -272,3 +272,20 @@ def test_stream_mode_batches_concurrent_runs_and_keeps_the_policy():
         assert b.queries_seen == 4 and b.generate_calls < 4
     finally:
         c.close()
+
+
+def test_a_streak_in_a_mostly_healthy_expert_does_not_cool_it_down():
+    clock = Clock()
+    r = Reliability({}, cooldown_after=3, cooldown_rate=0.6, window=20, cooldown_s=10, clock=clock)
+    for _ in range(17):
+        r._record("x", True)
+    for _ in range(3):
+        r._record("x", False)  # 3 in a row, but 3 of the last 20 calls: a flaky expert stays
+    assert r.unavailable_reason("x") is None
+    for _ in range(9):
+        r._record("x", False)  # now 12 of the last 20 failed: it is down
+    assert "cooling down" in r.unavailable_reason("x")
+    clock.t += 11
+    assert r.unavailable_reason("x") is None  # back by itself, on trial
+    r._record("x", False)
+    assert "cooling down" in r.unavailable_reason("x")  # still failing: straight back

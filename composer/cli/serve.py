@@ -25,7 +25,8 @@ def serve(
     drain_timeout: float = typer.Option(30.0, help="Seconds to wait for in-flight requests on shutdown."),
     retries: int = typer.Option(2, help="Retries of a retryable expert error (with backoff)."),
     cooldown_after: int = typer.Option(3, help="Consecutive failures that send an expert to cool down."),
-    cooldown_s: float = typer.Option(30.0, help="Seconds an expert cools down."),
+    cooldown_s: float = typer.Option(10.0, help="Seconds an expert cools down."),
+    cooldown_rate: float = typer.Option(0.6, help="Share of an expert's last 20 calls that must have failed too."),
 ):
     """Serve /v1/chat/completions, /v1/models, /v1/route, /metrics, /healthz, /readyz."""
     from composer.config import load_config
@@ -45,7 +46,7 @@ def serve(
              "(every route except /healthz and /readyz requires 'Authorization: Bearer <key>')")
     opts = ServeOptions(max_inflight=max_inflight, max_n=max_n, drain_timeout_s=drain_timeout,
                         reliability={"max_retries": retries, "cooldown_after": cooldown_after,
-                                     "cooldown_s": cooldown_s})
+                                     "cooldown_s": cooldown_s, "cooldown_rate": cooldown_rate})
     code = run_server(str(Path(path).resolve()), host, port, [hash_key(k) for k in keys], opts,
                       echo=lambda m: typer.echo(m, err=False))
     raise typer.Exit(code)
