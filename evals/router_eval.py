@@ -56,10 +56,13 @@ class Replay:
         first = np.array([c[0] for c in chosen])
         rows = np.arange(n)
         primary = self.Y[rows, first]
-        best_of = np.array([np.nanmax(self.Y[i, c]) if np.isfinite(self.Y[i, c]).any() else np.nan
-                            for i, c in enumerate(chosen)])
-        cost = np.array([self.C[i, c].sum() for i, c in enumerate(chosen)])
-        n_exp = np.array([len(c) for c in chosen])
+        n_exp = np.fromiter(map(len, chosen), dtype=int, count=n)
+        if (n_exp == 1).all():  # the common case, vectorised
+            best_of, cost = primary, self.C[rows, first]
+        else:
+            best_of = np.array([np.nanmax(self.Y[i, c]) if np.isfinite(self.Y[i, c]).any() else np.nan
+                                for i, c in enumerate(chosen)])
+            cost = np.array([self.C[i, c].sum() for i, c in enumerate(chosen)])
         task_acc = {t: _nanmean(primary[self.tasks == t]) for t in self.task_names}
         task_cost = {t: float(cost[self.tasks == t].sum()) for t in self.task_names}
         counts = np.bincount(first, minlength=len(self.experts))

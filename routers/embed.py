@@ -64,7 +64,9 @@ class Embedder:
 
             ensure_offline()
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output
             path = resolve_model_path(self.model)
             self._st = SentenceTransformer(str(path), device=self.device)
             if self.max_seq_length:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from composer.errors import RoutingError
 from composer.types import Query
 from routers.base import Router
 from routers.embed import DEFAULT_EMBEDDING
@@ -48,7 +49,7 @@ class SymbolicMoERouter(Router):
 
     def __init__(self, *, skills: str = "embedding", vocabulary: list[str] | None = None, n_skills: int = 3,
                  shrinkage: float = 10.0, min_share: float = 0.05, temperature: float = 0.05,
-                 skill_model: str = "embedded:smollm2-135m-instruct", max_llm_queries: int = 300,
+                 skill_model: str = "embedded:smollm2-135m-instruct", max_llm_queries: int = 200,
                  lam: float = 0.0, k: int = 3, budget: float | None = None,
                  embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
@@ -102,10 +103,16 @@ class SymbolicMoERouter(Router):
         return self._backend
 
     # -- fit / predict ----------------------------------------------------------------------------
-    def _fit(self, X, Y, table) -> None:
+    def _features(self, texts):
+        X = super()._features(texts)
+        return (X, list(texts)) if self.skills == "llm" else X
+
+    def _fit(self, F, Y, table) -> None:
+        if self.skills not in ("embedding", "llm"):
+            raise RoutingError(f"symbolic: skills must be 'embedding' or 'llm', got '{self.skills}'")
+        X, texts = F if isinstance(F, tuple) else (F, None)
         self.vocab_ = list(self.vocabulary or DEFAULT_SKILLS)
         self.vocab_emb_ = self.embedder.encode(self.vocab_)
-        texts = table.prompts() if self.skills == "llm" else None
         if texts is not None and len(texts) > self.max_llm_queries:
             keep = np.random.default_rng(self.seed).choice(len(texts), self.max_llm_queries, replace=False)
             X, Y, texts = X[keep], Y[keep], [texts[i] for i in keep]
@@ -122,8 +129,9 @@ class SymbolicMoERouter(Router):
         self.competency_ = g / max(float(g.max()), 1e-9)
         self.aggregator_index_ = int(np.argmax(g))
 
-    def _predict_explained(self, X):
-        W = self._skill_weights(X)
+    def _predict_explained(self, F):
+        X, texts = F if isinstance(F, tuple) else (F, None)
+        W = self._skill_weights(X, texts)
         local = W @ self.profile_                                       # (n, E) suitability
         S = local * self.competency_[None, :]
         notes = []

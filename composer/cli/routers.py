@@ -53,10 +53,15 @@ def parse_params(values: List[str] | None, routers: list[str]) -> dict[str, dict
     return params
 
 
-def _read(paths: list[str], fmt: str, prices: Optional[Path]):
+def _read(paths: list[str], fmt: str, prices: Optional[Path], tasks: list[str] | None = None):
     from composer.outcomes import load_prices, read_outcomes
 
     table = read_outcomes(paths, format=fmt)
+    if tasks:
+        unknown = sorted(set(tasks) - set(table.tasks))
+        if unknown:
+            _fail(f"task(s) {unknown} not in {', '.join(paths)}; tasks there: {', '.join(table.tasks)}", EXIT_USAGE)
+        table = table.filter(tasks=tasks)
     if prices is not None:
         table = table.with_price_costs(load_prices(prices))
     return table
@@ -79,6 +84,7 @@ def train(
     calibrate_cost: Optional[float] = typer.Option(None, help="Calibrate lam so the mean cost per query is at most this (on a held-out 20%)."),
     calibrate_share: Optional[float] = typer.Option(None, help="Calibrate lam so at most this share of calls go to the priciest expert."),
     seed: int = typer.Option(0, help="Seed for the calibration split and the router."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated)."),
 ):
     """Fit a router on outcome tables and save it."""
     from routers import make_router
@@ -87,7 +93,7 @@ def train(
     if not paths:
         _fail("give training outcomes with --outcomes", EXIT_USAGE)
     try:
-        table = _read(paths, fmt, prices)
+        table = _read(paths, fmt, prices, [t for t in tasks.split(",") if t] if tasks else None)
         params = parse_params(param, [router])[router]
         params.setdefault("seed", seed)
         r = make_router(router, **params)
@@ -190,6 +196,7 @@ def eval_cmd(
     points: int = typer.Option(20, help="Points per sweep curve."),
     strong: Optional[str] = typer.Option(None, help="Strong expert for RouteLLM's metrics (default: the better of a pair)."),
     weak: Optional[str] = typer.Option(None, help="Weak expert for RouteLLM's metrics."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated), in train and test."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary rows as JSON."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Live mode: run this benchmark on real models."),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", help="Live mode: the pipeline (or expert) to run."),
@@ -217,11 +224,11 @@ def eval_cmd(
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed)
+                  strong, weak, as_json, seed, tasks)
 
 
 def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed) -> None:
+                  strong, weak, as_json, seed, tasks) -> None:
     from evals.router_eval import evaluate
     from routers import ROUTERS
 
@@ -235,9 +242,10 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
     if unknown:
         _fail(f"unknown router(s) {unknown}; known: {', '.join(ROUTERS)}", EXIT_USAGE)
     try:
-        train_t = _read(train_paths, fmt, prices)
+        only = [t for t in tasks.split(",") if t] if tasks else None
+        train_t = _read(train_paths, fmt, prices, only)
         if test_paths:
-            test_t = _read(test_paths, fmt, prices)
+            test_t = _read(test_paths, fmt, prices, only)
         else:
             train_t, test_t = train_t.split(test_fraction, seed=seed)
         params = parse_params(param, names)

@@ -1,0 +1,89 @@
+"""`composer router train`, `composer route`, `composer bench router`, `composer eval` via CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from routers_helpers import embedder, routellm_gsm8k  # noqa: F401 - fixture
+from typer.testing import CliRunner
+
+from composer.cli.main import app, register_commands
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, request):
+    d = tmp_path_factory.mktemp("router_cli")
+    routellm_gsm8k(120, seed=5).to_csv(d / "gsm8k_small.csv")
+    (d / "prices.yaml").write_text(
+        "gpt-4-1106-preview: {input_per_1m: 10, output_per_1m: 30}\n"
+        "mistralai/Mixtral-8x7B-Instruct-v0.1: {input_per_1m: 0.6, output_per_1m: 0.6}\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def cli(request):
+    register_commands()
+    runner = CliRunner()
+    cache = str(request.config.cache.mkdir("composer-home"))
+
+    def run(*args):
+        return runner.invoke(app, [str(a) for a in args], env={"COMPOSER_HOME": cache})
+    return run
+
+
+def test_eval_offline_writes_results(cli, files):
+    out = files / "eval"
+    r = cli("eval", "--outcomes", files / "gsm8k_small.csv", "--router", "best_single,knn", "--router", "cascade",
+            "--prices", files / "prices.yaml", "--test-fraction", "0.4", "--points", "5", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "APGR" in r.output and "knn" in r.output and "best single expert" in r.output
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["routers"]) == ["best_single", "knn", "cascade"]
+    assert res["cost_unit"] == "usd" and "aiq" in res and "pair" in res
+    assert (out / "curves.png").exists() and (out / "decisions.jsonl").exists()
+
+
+def test_eval_errors_exit_2(cli, files):
+    r = cli("eval", "--outcomes", files / "gsm8k_small.csv", "--router", "nope")
+    assert r.exit_code == 2 and "unknown router" in r.output
+    r = cli("eval", "--router", "knn")
+    assert r.exit_code == 2 and "--outcomes" in r.output
+    r = cli("eval", "--outcomes", files / "no_such_*.csv")
+    assert r.exit_code == 2 and "no file matches" in r.output
+
+
+def test_train_route_and_bench(cli, files):
+    saved = files / "knn_router"
+    r = cli("router", "train", "--outcomes", files / "gsm8k_small.csv", "--router", "knn", "--out", saved,
+            "--prices", files / "prices.yaml", "--calibrate-share", "0.3", "-P", "n_neighbors=15")
+    assert r.exit_code == 0, r.output
+    assert "calibrated lam" in r.output and (saved / "router.json").exists()
+    assert json.loads((saved / "router.json").read_text())["params"]["n_neighbors"] == 15
+    r = cli("route", "Tom has 3 boxes of 12 pencils. How many pencils?", "--router", saved, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["router"] == "knn" and d["experts"][0] in d["scores"] and d["reason"]
+    r = cli("route", "Tom has 3 boxes of 12 pencils. How many pencils?", "--router", saved, "--lam", "0")
+    assert r.exit_code == 0 and "reason: knn:" in r.output
+    out = files / "bench.json"
+    r = cli("bench", "router", "--router", saved, "--outcomes", files / "gsm8k_small.csv",
+            "--n-single", "5", "--n-batch", "40", "--batch-size", "20", "--out", out)
+    assert r.exit_code == 0, r.output
+    b = json.loads(out.read_text())
+    assert b["single_query_ms"]["n"] == 5 and b["batched_qps"] > 0 and b["n_batch_queries"] == 40
+    assert "single-query p50" in r.output
+
+
+def test_route_unknown_router_folder(cli, files):
+    r = cli("route", "hi", "--router", files / "missing")
+    assert r.exit_code == 2 and "no router.json" in r.output
+
+
+def test_eval_live_mode_calls_the_live_runner(cli, files):
+    """--benchmark switches `composer eval` to a live run on a real model (SmolLM2, one item)."""
+    out = files / "live.jsonl"
+    r = cli("eval", "--benchmark", "gsm8k", "--expert", "smollm2", "--limit", "1", "--max-tokens", "16",
+            "--out", out, "--no-resume")
+    assert r.exit_code == 0, r.output
+    assert out.exists() and len(out.read_text().splitlines()) == 1
