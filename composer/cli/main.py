@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "composer.cli.serve",
     "composer.cli.bench_service",
     "composer.cli.bench_scheduler",
+    "composer.cli.specialists",
 )
 
 _registered = False
