@@ -147,8 +147,10 @@ class RayExecutor(BaseExecutor):
                 f"its Ray actor could not be placed within {self.placement_timeout_s:g}s (needs "
                 f"{ {k: v for k, v in need.items() if v} }; free now: {ray.available_resources()}); "
                 "unload other experts, lower the request, or add nodes", expert=expert) from None
-        except Exception as exc:  # noqa: BLE001 - e.g. the worker failed to start
+        except BaseException as exc:  # e.g. the worker failed to start, or Ctrl-C: never leave it behind
             ray.kill(actor)
+            if not isinstance(exc, Exception):
+                raise
             raise ExpertLoadError(f"its Ray actor failed to start: {_short(exc)}", expert=expert) from None
         return actor, pid
 
@@ -171,8 +173,10 @@ class RayExecutor(BaseExecutor):
             ray.kill(actor)
             raise ExpertLoadError(f"load did not finish within {timeout:g}s; the actor was stopped",
                                   expert=expert) from None
-        except Exception as exc:  # noqa: BLE001 - the actor died while loading
+        except BaseException as exc:  # the actor died while loading, or Ctrl-C: never leave it behind
             ray.kill(actor)
+            if not isinstance(exc, Exception):
+                raise
             raise ExpertLoadError(f"its actor died while loading: {_short(exc)}", expert=expert) from None
         if not ok:
             ray.kill(actor)
@@ -181,10 +185,10 @@ class RayExecutor(BaseExecutor):
         return time.perf_counter() - t0
 
     def _unload(self, expert):
-        ray = self._ray()
+        ray = _ray_if_up()
         t0 = time.perf_counter()
         actor, _ = self._actors.pop(expert, (None, None))
-        if actor is not None:
+        if actor is not None and ray is not None:
             try:
                 ray.get(actor.unload.remote(), timeout=self.unload_timeout_s)
             finally:
@@ -231,8 +235,9 @@ class RayExecutor(BaseExecutor):
         actor, _ = self._actors.pop(expert, (None, None))
         if expert in self.resident:
             self.resident.remove(expert)
-        if actor is not None:
-            self._ray().kill(actor)
+        ray = _ray_if_up()
+        if actor is not None and ray is not None:
+            ray.kill(actor)
 
     def _remote_backend(self, expert):
         with self._lock:
@@ -267,6 +272,14 @@ class RayExecutor(BaseExecutor):
                 ray.shutdown()
                 self._owns_ray = False
                 self._actor_cls = None
+
+
+def _ray_if_up():
+    """The ray module if Ray is running (cleanup must never start a new Ray), else None."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
 
 
 def _short(exc: BaseException, n: int = 300) -> str:

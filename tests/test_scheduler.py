@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from composer.scheduler import Scheduler, WorkItem, default_memory_budget
-from composer.stream import (StreamBatcher, belady_loads, choose_next, lru_loads, simulate_stream,
-                             upcoming_of)
+from composer.stream import (StreamBatcher, belady_loads, choose_next, hold_until, lru_loads,
+                             simulate_stream, upcoming_of)
 from composer.types import Query
 
 Q = Query("x", id="q")
@@ -178,6 +178,18 @@ def test_choose_next_policy():
     assert choose_next(heads, [], now=10.6, max_wait_s=5) == "b"  # nothing resident: oldest
     assert choose_next(heads, ["c", "a"], now=14.5, max_wait_s=5) == "b"  # b waited too long
     assert upcoming_of(heads) == [{"b"}, {"a"}, {"c"}]
+
+
+def test_hold_gathers_a_batch_before_a_load():
+    heads = {"a": (0, 1.0), "b": (1, 1.2)}
+    assert hold_until(heads, [], 0.5) == 1.5  # a load is needed: wait for the oldest's deadline
+    assert hold_until(heads, ["b"], 0.5) == -math.inf  # resident work: serve now
+    arrivals = [(0.0, "a"), (0.1, "b"), (0.2, "a")]
+    held = simulate_stream(arrivals, capacity=1, load_s=1.0, gen_s=0.01, max_wait_s=0.5)
+    eager = simulate_stream(arrivals, capacity=1, load_s=1.0, gen_s=0.01, max_wait_s=0.5, hold=False)
+    assert held.served == ["a", "a", "b"] and held.loads == 2
+    assert eager.served == ["a", "b", "a"] and eager.loads == 3
+    assert held.latencies[0] == pytest.approx(0.5 + 1.0 + 0.02)  # held max_wait_s, then load + batch
 
 
 def test_simulated_stream_never_starves_and_counts_loads():
