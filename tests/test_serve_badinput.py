@@ -77,6 +77,15 @@ def test_route_bad_input(http):
     assert r.status_code == 400 and "input" in r.json()["error"]["message"]
 
 
+def test_predict_bad_input(http):
+    r = http.post("/v1/predict", headers=AUTH, json={"task": "credit", "payload": {"age": 30}})
+    assert r.status_code == 400 and "no specialist for task='credit'" in r.json()["error"]["message"]
+    r = http.post("/v1/predict", headers=AUTH, json={"payload": {}})
+    assert r.status_code == 400 and "give 'task' or 'specialist'" in r.json()["error"]["message"]
+    r = http.post("/v1/predict", headers=AUTH, json={"task": "credit"})
+    assert r.status_code == 400 and "required field 'payload' is missing" in r.json()["error"]["message"]
+
+
 def test_no_model_was_loaded_by_bad_requests(http):
     metrics = http.get("/metrics", headers=AUTH).text
     loads = dict(re.findall(r'composer_expert_loads\{expert="([^"]+)"\} ([0-9.]+)', metrics))
