@@ -132,7 +132,7 @@ def test_save_load_round_trip(tmp_path, cora, fitted):
     assert back.graph.x.shape == cora.x.shape
     torch.load(path, weights_only=True)  # loadable without unpickling code
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
-    with pytest.raises(Exception):
+    with pytest.raises(ComposerError, match="not a Mowst artifact"):
         Mowst.load(tmp_path / "bad.pt")
     with pytest.raises(ComposerError, match="not found"):
         Mowst.load(tmp_path / "missing.pt")

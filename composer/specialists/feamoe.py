@@ -196,6 +196,8 @@ class FEAMOE:
             rows = region == j
             ok = rows.sum() >= 20 and 0 < ys[rows].mean() < 1
             W[j], b[j] = self._logreg(Xs[rows] if ok else Xs, ys[rows] if ok else ys, self.seed)
+        if len(np.unique(region)) < k:  # degenerate data: one region only; the gate starts uniform
+            return W, b, V, c
         gate = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed).fit(Xs, region)
         coef, icpt = gate.coef_, gate.intercept_
         if k == 2:  # binary sklearn model: logit(region 1) = coef.x + icpt
@@ -377,10 +379,12 @@ class FEAMOE:
     @classmethod
     def load(cls, path: str | Path) -> "FEAMOE":
         try:
-            blob = json.loads(Path(path).read_text())
+            blob = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ComposerError(f"FEAMOE artifact {path} not found; create it with "
                                 "`composer specialist train --kind feamoe`") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ComposerError(f"{path} is not a FEAMOE artifact (format {FORMAT})") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise ComposerError(f"{path} is not a FEAMOE artifact (format {FORMAT})")
         schema = TabularSchema.from_dict(blob["schema"]) if blob["schema"] else None

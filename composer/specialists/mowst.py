@@ -75,7 +75,7 @@ class Mowst:
                  gate: str = "learned", alpha: float = 1.0, threshold: float | str = "auto",
                  inference: str = "threshold", pretrain: str = "both", pretrain_epochs: int = 200,
                  epochs: int = 100, patience: int = 30, rounds: int = 3, select: str = "acc",
-                 min_delta: float = 0.0, seed: int = 0, num_threads: int = 1):
+                 min_delta: float = 0.01, seed: int = 0, num_threads: int = 1):
         self.graph, self.gnn, self.hidden, self.dropout = graph, gnn, hidden, dropout
         self.lr, self.weight_decay, self.confidence, self.gate = lr, weight_decay, confidence, gate
         self.alpha, self.threshold, self.inference, self.pretrain = alpha, threshold, inference, pretrain
@@ -410,6 +410,9 @@ class Mowst:
         except FileNotFoundError:
             raise ComposerError(f"Mowst artifact {path} not found; create it with "
                                 "`composer specialist train --kind mowst`") from None
+        except Exception as exc:  # torch raises several types for foreign or damaged files
+            raise ComposerError(f"{path} is not a Mowst artifact (format {FORMAT}): "
+                                f"{type(exc).__name__}") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise ComposerError(f"{path} is not a Mowst artifact (format {FORMAT})")
         gd = blob["graph"]
