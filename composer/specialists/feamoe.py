@@ -17,12 +17,14 @@ when `max_experts` is reached, it re-weights the experts (gate only). Training d
 is the recent window plus a reservoir sample of the past, so old regions are not forgotten.
 
 Explanations (`explain`): Shapley values per raw feature (one-hot columns grouped) for the
-baseline game v(S) = f(x_S, b_rest) with a stated baseline b (default: training means for
-numbers and modes for categories).
+baseline game v(S) = f(x_S, b_rest) with a stated baseline b (default: training medians for
+numbers and modes for categories, i.e. a typical person; without a schema, column means).
 - method="exact" (default) explains the model's probability f(x) = P(y=1|x) exactly. Because
   the gate logits and the expert logits are both additive over features, v(S) for every
-  coalition is a closed-form function of per-feature terms; all 2**d values come from two small
-  matrix products and the Shapley formula is applied to them (d = number of raw features <= 20).
+  coalition is a closed-form function of per-feature terms; all 2**d values come from small
+  matrix products and the Shapley formula is one more product (phi = v @ M). Features equal to
+  the baseline are null players and are skipped exactly, so d is the number of features where
+  the row differs from the baseline (<= 20).
 - method="gate_linear" is the closed form that follows from linear experts combined through the
   gate: phi_j = sum_k g_k(x) w_kj (x_j - b_j). It is exact for the game in which the gate is
   frozen at g(x) and the output is the gated expert logit sum_k g_k(x)(w_k.z + b_k); it is *not*
@@ -333,7 +335,6 @@ class FEAMOE:
         self._check_fitted()
         Xe, b = self._encode(X), self.baseline_vector(baseline)
         groups = self.groups()
-        d = len(groups)
         delta = Xe - b
         # Per-player contributions to the gate logits and expert logits: (n, d, K).
         dg = np.stack([delta[:, a:e] @ self.V_[:, a:e].T for _, a, e in groups], 1)
@@ -343,18 +344,43 @@ class FEAMOE:
             return np.einsum("nk,ndk->nd", gate, dh)
         if method != "exact":
             raise ValueError(f"method must be 'exact' or 'gate_linear', got {method!r}")
-        if d > max_players:
-            raise ComposerError(f"exact Shapley values enumerate 2**{d} coalitions; group features "
-                                f"(a schema) to <= {max_players} players or use method='gate_linear'")
-        masks = coalition_masks(d)
+        # A feature equal to the baseline is a null player (v(S + j) = v(S) for every S): its
+        # value is 0 and dropping it leaves the others' values unchanged, so each row only
+        # enumerates the coalitions of the features where it differs from the baseline.
+        active = np.stack([(delta[:, a:e] != 0).any(1) for _, a, e in groups], 1)
+        if active.sum(1).max(initial=0) > max_players:
+            raise ComposerError(f"exact Shapley values enumerate 2**{int(active.sum(1).max())} coalitions "
+                                f"for a row; group features (a schema) so rows differ from the baseline "
+                                f"in <= {max_players} players, or use method='gate_linear'")
         u0, h0 = b @ self.V_.T + self.c_, b @ self.W_.T + self.b_
-        out = np.zeros((len(Xe), d))
-        chunk = max(1, 2 ** 22 // (len(masks) * self.n_experts_))
-        for i in range(0, len(Xe), chunk):
-            U = u0 + np.einsum("md,ndk->nmk", masks, dg[i:i + chunk])
-            H = h0 + np.einsum("md,ndk->nmk", masks, dh[i:i + chunk])
-            values = (_softmax(U) * _sigmoid(H)).sum(-1)
-            out[i:i + chunk] = shapley_from_values(values)
+        out = np.zeros((len(Xe), len(groups)))
+        counts = active.sum(1)
+        for m in np.unique(counts[counts > 0]):  # rows with the same number of active players
+            rows = np.flatnonzero(counts == m)
+            J = np.nonzero(active[rows])[1].reshape(len(rows), m)  # each row's active players
+            dg_r = np.take_along_axis(dg[rows], J[:, :, None], axis=1)
+            dh_r = np.take_along_axis(dh[rows], J[:, :, None], axis=1)
+            out[rows[:, None], J] = self._exact_values(dg_r, dh_r, u0, h0)
+        return out
+
+    def _exact_values(self, dg: np.ndarray, dh: np.ndarray, u0: np.ndarray, h0: np.ndarray) -> np.ndarray:
+        """Shapley values (n, d) from per-player logit contributions dg, dh (n, d, K)."""
+        n, d, _ = dg.shape
+        masks = coalition_masks(d)
+        out = np.zeros((n, d))
+        chunk = max(1, 2 ** 21 // len(masks))
+        for i in range(0, n, chunk):
+            m = len(dg[i:i + chunk])
+            # Each expert's gate and expert logit at every coalition: (2**d, d) @ (d, m).
+            U = [u0[k] + masks @ dg[i:i + chunk, :, k].T for k in range(self.n_experts_)]
+            H = [h0[k] + masks @ dh[i:i + chunk, :, k].T for k in range(self.n_experts_)]
+            top = np.maximum.reduce(U)
+            num, den = np.zeros_like(top), np.zeros_like(top)
+            for u, h in zip(U, H):  # softmax over experts, elementwise over (2**d, m)
+                e = np.exp(u - top)
+                num += e * _sigmoid(h)
+                den += e
+            out[i:i + m] = shapley_from_values((num / den).T)  # f at every coalition -> phi
         return out
 
     def expected_value(self, baseline=None) -> float:

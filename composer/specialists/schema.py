@@ -31,7 +31,7 @@ class Feature:
     mean: float = 0.0
     std: float = 1.0
     log1p: bool = False
-    baseline: Any = None  # raw value used as the default Shapley baseline (mean or mode)
+    baseline: Any = None  # raw value used as the default Shapley baseline (median or mode)
 
     @property
     def width(self) -> int:
@@ -58,7 +58,7 @@ class TabularSchema:
                 vals = np.log1p(raw) if col in log1p else raw
                 std = float(vals.std()) or 1.0
                 feats.append(Feature(col, "numeric", mean=float(vals.mean()), std=std,
-                                     log1p=col in log1p, baseline=float(raw.mean())))
+                                     log1p=col in log1p, baseline=float(np.median(raw))))
             else:
                 raise ValueError(f"column '{col}' is neither numeric nor categorical in the schema")
         return cls(tuple(feats))
@@ -100,7 +100,8 @@ class TabularSchema:
         return sum(f.width for f in self.features)
 
     def baseline_record(self) -> dict[str, Any]:
-        """Training means (numeric) and modes (categorical): the default Shapley baseline."""
+        """Training medians (numeric) and modes (categorical): the default Shapley baseline,
+        a typical person of the training data."""
         return {f.name: f.baseline for f in self.features}
 
     # -- validation --------------------------------------------------------------------------

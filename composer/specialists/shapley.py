@@ -17,21 +17,41 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import numpy as np
 
 
+@lru_cache(maxsize=8)
 def coalition_masks(d: int) -> np.ndarray:
     """All 2**d coalitions as a (2**d, d) 0/1 float matrix; row m has bit j of m in column j."""
     m = np.arange(2 ** d, dtype=np.int64)[:, None]
-    return ((m >> np.arange(d)) & 1).astype(float)
+    out = ((m >> np.arange(d)) & 1).astype(float)
+    out.setflags(write=False)
+    return out
 
 
 def shapley_weights(d: int) -> np.ndarray:
     """w[s] = s! (d - s - 1)! / d! for coalition sizes s = 0..d-1."""
     return np.array([math.factorial(s) * math.factorial(d - s - 1) / math.factorial(d)
                      for s in range(d)])
+
+
+@lru_cache(maxsize=8)
+def shapley_matrix(d: int) -> np.ndarray:
+    """M (2**d, d) with phi = v @ M: M[S, j] = w(|S|-1) if j in S else -w(|S|).
+
+    From phi_j = sum_{S not containing j} w(|S|) (v(S + j) - v(S)): every coalition T that contains
+    j enters with +w(|T| - 1), every coalition S without j with -w(|S|). (w(d) is never used.)"""
+    masks = coalition_masks(d)
+    size = masks.sum(1).astype(int)
+    w = np.append(shapley_weights(d), 0.0)
+    plus = w[np.maximum(size - 1, 0)][:, None]
+    minus = w[size][:, None]
+    m = np.where(masks > 0, plus, -minus)
+    m.setflags(write=False)
+    return m
 
 
 def shapley_from_values(values: np.ndarray) -> np.ndarray:
@@ -41,14 +61,7 @@ def shapley_from_values(values: np.ndarray) -> np.ndarray:
     d = int(round(math.log2(size)))
     if 2 ** d != size:
         raise ValueError(f"expected 2**d coalition values per row, got {size}")
-    idx = np.arange(size)
-    pop = np.array([bin(i).count("1") for i in range(size)])
-    w = shapley_weights(d)
-    out = np.zeros((values.shape[0], d))
-    for j in range(d):
-        without = idx[(idx >> j) & 1 == 0]
-        out[:, j] = (values[:, without | (1 << j)] - values[:, without]) @ w[pop[without]]
-    return out
+    return values @ shapley_matrix(d)
 
 
 def groups_to_slices(groups: Sequence[tuple[str, int, int]] | None, n_columns: int):
