@@ -10,7 +10,7 @@ L and g must be controlled) and on the real llama.cpp models SmolLM2-135M and Ge
     predicted speedup = N*k*(L+g) / (D*L + N*k*g)
 
 is evaluated with L (a swap: load + unload + the first call's extra time) and g (a call) measured
-in a calibration pass before the runs (`calibrate`), and compared with the measured speedup. The stream part replays the trace as
+in the grouped runs (`swap_costs`), and compared with the measured speedup. The stream part replays the trace as
 timed arrivals through the StreamBatcher policy (composer/stream.py) and counts loads against
 LRU and Belady's optimum. `run_benchmark()` returns everything as a dict (written as JSON by
 `composer bench scheduler`).
@@ -86,56 +86,71 @@ def run_grouped(backends: dict, queries: list[Query], routes: list[list[str]], s
     loads = [e["seconds"] for e in res.events if e["event"] == "load"]
     unloads = [e["seconds"] for e in res.events if e["event"] == "unload"]
     errors = [c.error for c in res.candidates if c.error]
+    first, later = [], []
+    for g in res.plan.groups:
+        lat = [res.candidates[i].usage.latency_s for i in g.items]
+        first.append(lat[0])
+        later += lat[1:]
     return {"loads": len(loads), "unloads": len(unloads), "wall_s": res.wall_s, "load_s": sum(loads),
             "unload_s": sum(unloads), "lower_bound": res.plan.lower_bound, "peak_bytes": res.peak_bytes,
-            "texts": [c.text for c in res.candidates], "errors": errors}
+            "texts": [c.text for c in res.candidates], "errors": errors,
+            "load_event_s": loads, "unload_event_s": unloads, "first_call_s": first, "later_call_s": later}
 
 
 def predicted_speedup(calls: int, d: int, load: float, gen: float) -> float:
     return calls * (load + gen) / (d * load + calls * gen)
 
 
-def calibrate(backends: dict, queries: list[Query], reps: int = 3) -> dict:
-    """Measure L and g per expert before the comparison: load, a first call, `reps` more calls,
-    unload. A model's first call after a load can be much slower than the next ones (llama.cpp
-    maps the weights lazily), so that extra time is part of the swap: L = load + unload + (first
-    call - mean later call), g = mean later call."""
-    per = {}
-    for e, b in backends.items():
-        load = b.load()
-        t0 = time.perf_counter()
-        b.generate([queries[0]])
-        first = time.perf_counter() - t0
-        later = []
-        for q in queries[1:reps + 1]:
-            t0 = time.perf_counter()
-            b.generate([q])
-            later.append(time.perf_counter() - t0)
-        unload = b.unload()
-        g = statistics.mean(later)
-        per[e] = {"load_s": load, "unload_s": unload, "first_call_s": first, "g_s": g,
-                  "L_s": load + unload + max(0.0, first - g)}
-    return {"L_s": statistics.mean(p["L_s"] for p in per.values()),
-            "g_s": statistics.mean(p["g_s"] for p in per.values()), "experts": per}
+def warm_up(backends: dict, query: Query) -> None:
+    """Load, call once and unload every expert: absorbs what a process pays only once (imports,
+    page cache, first template compile), which neither compared run should be charged for."""
+    for b in backends.values():
+        b.load()
+        b.generate([query])
+        b.unload()
 
 
-def compare(name: str, backends: dict, queries, routes, budget: int, nominal: tuple | None = None) -> dict:
-    """Calibrate L and g, then run naive and grouped from cold; predicted vs measured speedup."""
+def swap_costs(grouped_runs: list[dict]) -> tuple[float, float]:
+    """L and g measured in the grouped runs: g = mean call that is not the first after a load;
+    L = mean load + mean unload + the first call's extra time over g (a model's first call
+    after a load can be much slower than the next ones, so that time is part of the swap)."""
+    later = [x for r in grouped_runs for x in r["later_call_s"]]
+    first = [x for r in grouped_runs for x in r["first_call_s"]]
+    gen = statistics.mean(later) if later else statistics.mean(first)
+    loads = [x for r in grouped_runs for x in r["load_event_s"]]
+    unloads = [x for r in grouped_runs for x in r["unload_event_s"]]
+    load = statistics.mean(loads) + (statistics.mean(unloads) if unloads else 0.0)
+    return load + max(0.0, statistics.mean(first) - gen), gen
+
+
+def compare(name: str, backends: dict, queries, routes, budget: int, nominal: tuple | None = None,
+            repeats: int = 1) -> dict:
+    """Naive and grouped from cold (ABBA order when repeats=2, to cancel drift in the machine's
+    load); L and g come from the grouped runs, the measured speedup from the mean wall times."""
     sched = Scheduler({e: b.footprint for e, b in backends.items()}, budget)
-    cal = calibrate(backends, queries)
-    naive = run_naive(backends, queries, routes, sched)
-    grouped = run_grouped(backends, queries, routes, sched)
+    warm_up(backends, queries[0])
+    order = ["naive", "grouped", "grouped", "naive"] if repeats == 2 else ["naive", "grouped"]
+    runs: dict[str, list[dict]] = {"naive": [], "grouped": []}
+    for kind in order:
+        fn = run_naive if kind == "naive" else run_grouped
+        runs[kind].append(fn(backends, queries, routes, sched))
+    naive, grouped = runs["naive"][0], runs["grouped"][0]
     calls, d = sum(len(r) for r in routes), len({e for r in routes for e in r})
-    load, gen = cal["L_s"], cal["g_s"]
+    load, gen = swap_costs(runs["grouped"])
     pred = predicted_speedup(calls, d, load, gen)
-    measured = naive["wall_s"] / grouped["wall_s"]
+    naive_wall = statistics.mean(r["wall_s"] for r in runs["naive"])
+    grouped_wall = statistics.mean(r["wall_s"] for r in runs["grouped"])
+    measured = naive_wall / grouped_wall
     row = {"case": name, "N": len(queries), "k": calls // len(queries), "D": d, "budget_bytes": budget,
-           "L_s": load, "g_s": gen, "L_over_g": load / gen, "calibration": cal["experts"],
+           "repeats": len(runs["naive"]), "L_s": load, "g_s": gen, "L_over_g": load / gen,
            "naive_loads": naive["loads"], "grouped_loads": grouped["loads"], "lower_bound": grouped["lower_bound"],
-           "naive_wall_s": naive["wall_s"], "grouped_wall_s": grouped["wall_s"],
-           "naive_load_event_s": naive["load_s"], "grouped_load_event_s": grouped["load_s"],
+           "naive_wall_s": naive_wall, "grouped_wall_s": grouped_wall,
+           "naive_walls_s": [r["wall_s"] for r in runs["naive"]],
+           "grouped_walls_s": [r["wall_s"] for r in runs["grouped"]],
+           "load_event_mean_s": statistics.mean(x for r in runs["grouped"] for x in r["load_event_s"]),
+           "first_call_mean_s": statistics.mean(x for r in runs["grouped"] for x in r["first_call_s"]),
            "predicted_speedup": pred, "measured_speedup": measured, "ratio": measured / pred,
-           "same_answers": naive["texts"] == grouped["texts"],  # both in (query, routed expert) order
+           "same_answers": all(r["texts"] == naive["texts"] for r in runs["naive"] + runs["grouped"]),
            "grouped_errors": grouped["errors"][:3], "peak_bytes": grouped["peak_bytes"]}
     row["L_over_g_class"] = row["L_over_g"]  # which target applies: the calibrated ratio for fakes
     if nominal is not None:
@@ -151,7 +166,7 @@ def real_backends(server: bool = False, max_tokens: int = 4) -> dict:
 
     resolve_model_path("embedded:gemma3-270m")  # assembles the Gemma file once
     kind = "server" if server else "llamacpp"
-    common = dict(backend=kind, context_length=512, options={"n_threads": 2} if not server else {})
+    common = dict(backend=kind, context_length=512, options={"n_threads": 1} if not server else {})
     specs = [ExpertSpec(name="smollm2", model="embedded:smollm2-135m-instruct",
                         generation={"max_tokens": max_tokens, "temperature": 0.0}, **common),
              ExpertSpec(name="gemma3-270m", model="embedded:gemma3-270m", chat_format="completion",
@@ -161,13 +176,14 @@ def real_backends(server: bool = False, max_tokens: int = 4) -> dict:
     return {s.name: make_backend(s) for s in specs}
 
 
-def real_case(n: int, server: bool = False, max_tokens: int = 4) -> dict:
+def real_case(n: int, server: bool = False, max_tokens: int = 4, repeats: int = 2) -> dict:
     backends = real_backends(server, max_tokens)
     queries = [Query(t, id=f"r{i}") for i, t in enumerate(REAL_QUESTIONS[:n])]
     routes = [list(backends) for _ in queries]  # k = D = 2: every query asks both experts
     budget = max(b.footprint for b in backends.values())  # room for one model
     try:
-        return compare("real-server" if server else "real-llamacpp", backends, queries, routes, budget)
+        return compare("real-server" if server else "real-llamacpp", backends, queries, routes, budget,
+                       repeats=repeats)
     finally:
         for b in backends.values():
             b.unload()
@@ -269,8 +285,8 @@ def _timed(fn) -> float:
 
 # -- the whole benchmark --------------------------------------------------------------------------
 def run_benchmark(*, n: int = 100, k: int = 2, d: int = 8, gen_s: float = 0.005,
-                  ratios: tuple[float, ...] = (1, 10, 30), real: bool = True, real_n: int = 6,
-                  real_server: bool = True, server_n: int = 3, overhead_n: int = 10_000,
+                  ratios: tuple[float, ...] = (1, 10, 30), real: bool = True, real_n: int = 4,
+                  real_server: bool = True, server_n: int = 2, overhead_n: int = 10_000,
                   stream_capacity: int = 3, stream_rates: tuple[float, ...] = (20.0, 200.0),
                   max_wait_s: float = 0.5, seed: int = 0, log=print) -> dict:
     queries, routes, experts = make_trace(n, k, d, seed)

@@ -273,3 +273,26 @@ def test_stream_batcher_serves_every_request_with_real_models(two_real_experts):
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(Query("late"), "gemma")
     ex.close()
+
+
+def test_bench_scheduler_command_quick(tmp_path):
+    """`composer bench scheduler --quick` through the CLI: prints the tables and writes JSON."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from composer.cli.main import register_commands
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(register_commands(), ["bench", "scheduler", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "naive per-query order vs grouped plan" in result.output and "Belady" in result.output
+    res = json.loads(out.read_text())
+    assert {r["case"] for r in res["offline"]} == {"fake L/g=1", "fake L/g=10"}
+    for r in res["offline"]:
+        assert r["grouped_loads"] == r["lower_bound"] == r["D"]
+        assert r["naive_loads"] > r["grouped_loads"] and r["same_answers"]
+    for r in res["stream"]:
+        assert r["belady_loads"] <= r["lru_loads"] and r["belady_of_served_order"] <= r["policy_loads"]
+    assert res["live_stream"]["ok"] == res["live_stream"]["requests"]
+    assert res["overhead"]["N"] == 2000 and res["checks"]["grouped_loads_equal_lower_bound"] is True
