@@ -21,7 +21,8 @@ Parts
   summarised before/after the shift and over the last third of the stream.
 - shapley: FEAMOE (3 experts, softmax gate) on Adult's 11 raw features; exact values vs brute-force
   enumeration (max abs error), efficiency check, the paper-style gate_linear closed form's
-  distance from them, and time per row vs shap.KernelExplainer on the same rows and baseline.
+  distance from them, and time per row vs shap.KernelExplainer on the same rows and baseline
+  (fastest of 5 runs for ours, of 3 for KernelExplainer).
 """
 
 from __future__ import annotations
@@ -183,6 +184,16 @@ def run_drift(root=None, young_max_age=30, batch=500, weight=1.0) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+def _best_of(fn, repeats: int = 5) -> float:
+    """Fastest of a few wall-clock runs (the machine is shared: the minimum is the least noisy)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def run_shapley(root=None, n_rows=1000, n_brute=20, n_kernel=50) -> dict:
     import warnings
 
@@ -200,24 +211,25 @@ def run_shapley(root=None, n_rows=1000, n_brute=20, n_kernel=50) -> dict:
     base = m.baseline_vector()
     f = lambda Z: m.predict_proba(Z)[:, 1]  # noqa: E731
     m.explain(rows.iloc[:2])  # warm-up (as for KernelExplainer below): caches, lazy imports
-    t0 = time.perf_counter()
     phi = m.explain(rows)
-    t_exact = (time.perf_counter() - t0) / n_rows
+    t_exact = _best_of(lambda: m.explain(rows)) / n_rows
     groups = m.groups()
     t0 = time.perf_counter()
     brute = np.array([shapley_bruteforce(f, Xe[i], base, groups) for i in range(n_brute)])
     t_brute = (time.perf_counter() - t0) / n_brute
     err = float(np.abs(phi[:n_brute] - brute).max())
     eff = float(np.abs(phi.sum(1) - (f(Xe) - m.expected_value())).max())
-    m.explain(rows.iloc[:2], method="gate_linear")
-    t0 = time.perf_counter()
     lin = m.explain(rows, method="gate_linear")
-    t_lin = (time.perf_counter() - t0) / n_rows
+    t_lin = _best_of(lambda: m.explain(rows, method="gate_linear")) / n_rows
     # gate_linear is exact for its own game: the gate frozen at g(x), output = gated logit.
     gate = m.gate_weights(Xe[:n_brute])
     lin_brute = np.array([shapley_bruteforce(
         lambda Z, g=gate[i]: (Z @ m.W_.T + m.b_) @ g, Xe[i], base, groups) for i in range(n_brute)])
     lin_err = float(np.abs(lin[:n_brute] - lin_brute).max())
+    # ... but not for the same output with the gate left free: sum_k g_k(z) (w_k.z + b_k).
+    free = lambda Z: (m.gate_weights(Z) * (Z @ m.W_.T + m.b_)).sum(1)  # noqa: E731
+    free_brute = np.array([shapley_bruteforce(free, Xe[i], base, groups) for i in range(n_brute)])
+    lin_free = np.abs(lin[:n_brute] - free_brute)
     # shap.KernelExplainer on the same model, players and baseline: one column per raw feature.
     codes = t.schema.to_codes(rows)
     background = t.schema.to_codes(__import__("pandas").DataFrame([t.schema.baseline_record()]))
@@ -226,22 +238,25 @@ def run_shapley(root=None, n_rows=1000, n_brute=20, n_kernel=50) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         explainer.shap_values(codes[:1], silent=True)  # warm-up
-        t0 = time.perf_counter()
         kern = np.asarray(explainer.shap_values(codes[:n_kernel], silent=True))
-    t_kernel = (time.perf_counter() - t0) / n_kernel
+        t_kernel = _best_of(lambda: explainer.shap_values(codes[:n_kernel], silent=True), 3) / n_kernel
     res = {"players": [g[0] for g in groups], "n_players": len(groups), "coalitions": 2 ** len(groups),
            "n_experts": m.n_experts_, "baseline": t.schema.baseline_record(),
            "exact_max_abs_err_vs_bruteforce": err, "exact_efficiency_max_abs_err": eff,
            "gate_linear_max_abs_err_vs_own_game": lin_err,
-           "gate_linear_vs_exact_mean_abs_diff": float(np.abs(lin - phi).mean()),
+           "gate_linear_vs_free_gate_max_abs_diff": float(lin_free.max()),
+           "gate_linear_vs_free_gate_mean_abs_diff": float(lin_free.mean()),
+           "free_gate_mean_abs_value": float(np.abs(free_brute).mean()),
            "kernel_max_abs_diff_vs_exact": float(np.abs(kern - phi[:n_kernel]).max()),
            "seconds_per_row": {"exact": t_exact, "gate_linear": t_lin, "bruteforce": t_brute,
                                "kernel_explainer": t_kernel},
            "speedup_exact_vs_kernel": t_kernel / t_exact, "speedup_gate_linear_vs_kernel": t_kernel / t_lin,
            "rows": {"exact": n_rows, "bruteforce": n_brute, "kernel": n_kernel}}
     print(f"  shapley adult: {len(groups)} players ({2 ** len(groups)} coalitions), {m.n_experts_} experts")
-    print(f"    exact vs brute force max |err| {err:.2e} (efficiency {eff:.1e}); gate_linear vs its own "
-          f"game {lin_err:.1e}, vs exact mean |diff| {res['gate_linear_vs_exact_mean_abs_diff']:.4f}")
+    print(f"    exact (P(y=1)) vs brute force max |err| {err:.2e}, efficiency {eff:.1e}")
+    print(f"    gate_linear (gated logit, gate frozen at x) vs brute force of that game {lin_err:.1e}; vs the "
+          f"same logit with the gate free: mean |diff| {lin_free.mean():.3f} (mean |phi| "
+          f"{np.abs(free_brute).mean():.3f}), max {lin_free.max():.3f}")
     print(f"    ms/row: exact {1e3 * t_exact:.3f}  gate_linear {1e3 * t_lin:.4f}  brute force "
           f"{1e3 * t_brute:.1f}  KernelExplainer {1e3 * t_kernel:.1f}  -> exact is "
           f"{res['speedup_exact_vs_kernel']:.0f}x faster than KernelExplainer", flush=True)
@@ -252,7 +267,7 @@ def run_shapley(root=None, n_rows=1000, n_brute=20, n_kernel=50) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--gnns", default="gcn,sage")
+    ap.add_argument("--gnns", default="gcn", help="comma-separated: gcn,sage")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     ap.add_argument("--out", default="runs/specialists.json")

@@ -79,7 +79,7 @@ def train(
 @specialist_app.command("eval")
 def eval_(
     seeds: int = typer.Option(10, help="Mowst seeds per dataset and GNN."),
-    gnns: str = typer.Option("gcn,sage", help="Comma-separated strong experts for Mowst."),
+    gnns: str = typer.Option("gcn", help="Comma-separated strong experts for Mowst (gcn,sage)."),
     parts: str = typer.Option("mowst,fairness,drift,shapley", help="Which parts to run."),
     quick: bool = typer.Option(False, "--quick", help="Small settings for a smoke run (numbers not comparable)."),
     out: Path = typer.Option(Path("runs/specialists.json"), "--out", "-o", help="JSON result file."),
