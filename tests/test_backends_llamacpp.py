@@ -79,3 +79,20 @@ def test_base_model_completion_mode():
         assert c.ok and c.usage.completion_tokens > 0
     finally:
         b.unload()
+
+
+def test_cancel_stops_a_running_generation(smol):
+    import threading
+
+    prompt = "Write a long story about a dragon, at least 300 words."
+    full = smol.generate([Query(prompt, id="full", max_tokens=300)])[0]
+    assert full.ok and full.usage.completion_tokens > 60
+    t = threading.Timer(0.3, smol.cancel, args=(["long"],))
+    t.start()
+    c = smol.generate([Query(prompt, id="long", max_tokens=300)])[0]
+    assert c.error and c.metadata["error_type"] == "cancelled"
+    # stopped early: fewer tokens than the same deterministic generation uncancelled
+    assert c.metadata["tokens_before_cancel"] < full.usage.completion_tokens
+    # a cancelled query is not generated again, and the next one is unaffected
+    ok = smol.generate([Query("Say hi.", id="after", max_tokens=4)])[0]
+    assert ok.ok

@@ -118,3 +118,16 @@ def test_no_orphan_after_ctrl_c(tmp_path):
         assert not alive(child), "server process outlived composer"
     finally:
         p.kill()
+
+
+def test_cancel_closes_the_upstream_generation(server):
+    import threading
+
+    prompt = "Write a long story about a dragon, at least 300 words."
+    full = server.generate([Query(prompt, id="full", max_tokens=300)])[0]
+    assert full.ok and full.usage.completion_tokens > 60
+    threading.Timer(0.3, server.cancel, args=(["long"],)).start()
+    c = server.generate([Query(prompt, id="long", max_tokens=300)])[0]
+    assert c.error and c.metadata["error_type"] == "cancelled"
+    assert c.metadata["tokens_before_cancel"] < full.usage.completion_tokens
+    assert server.generate([Query("Say hi.", id="next", max_tokens=4)])[0].ok  # server still serves

@@ -8,11 +8,12 @@ and `unload()` frees what `load()` took. `footprint` is the memory it needs whil
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from composer.errors import BackendError
-from composer.types import Candidate, Query
+from composer.types import Candidate, Query, Usage
 
 if TYPE_CHECKING:
     from composer.config import ExpertSpec
@@ -31,6 +32,27 @@ class Backend(abc.ABC):
         self.unload_count = 0
         self.last_load_s = 0.0
         self.last_unload_s = 0.0
+        self._cancel_ids: set[str] = set()
+        self._cancel_lock = threading.Lock()
+
+    # -- cancellation (a client went away): backends check `is_cancelled` while generating ----
+    def cancel(self, query_ids) -> None:
+        """Stop generating for these query ids (running now or not started yet)."""
+        with self._cancel_lock:
+            self._cancel_ids.update(query_ids)
+
+    def is_cancelled(self, qid: str) -> bool:
+        with self._cancel_lock:
+            return qid in self._cancel_ids
+
+    def cancelled_candidate(self, q: Query, seconds: float, tokens: int = 0) -> Candidate:
+        """The answer for a cancelled query (and forget the cancel, so ids can be reused)."""
+        with self._cancel_lock:
+            self._cancel_ids.discard(q.id)
+        return Candidate(q.id, self.name, "", Usage(latency_s=seconds),
+                         error=f"expert '{self.name}': generation cancelled",
+                         metadata={"error_type": "cancelled", "retryable": False,
+                                   "tokens_before_cancel": tokens})
 
     @property
     def name(self) -> str:

@@ -5,6 +5,8 @@ completion` sends a plain prompt, for base models such as Gemma-3-270M that have
 A batch is answered query by query on one loaded model (llama-cpp-python's high-level API
 decodes one sequence at a time); the model is loaded once per batch, which is what matters.
 `unload()` closes the model and drops every reference so its memory is returned.
+`cancel(query_ids)` ends those queries' generation at the next token (a logits processor
+forces end-of-sequence), so a client that went away stops costing compute.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import gc
 import os
 import time
+
+import numpy as np
 
 from composer.backends.base import Backend
 from composer.errors import ExpertLoadError
@@ -36,6 +40,17 @@ class LlamaCppBackend(Backend):
         super().__init__(spec, base_dir)
         self._llm = None
         self._path = None
+
+    def _stopper(self, qid: str):
+        eos = self._llm.token_eos()
+
+        def force_eos(_ids, scores):
+            if self.is_cancelled(qid):
+                scores = np.full_like(scores, -np.inf)
+                scores[eos] = 0.0
+            return scores
+
+        return [force_eos]
 
     def model_path(self):
         if self._path is None:
@@ -95,8 +110,10 @@ class LlamaCppBackend(Backend):
 
     def _one(self, q: Query) -> Candidate:
         s = self.settings_for(q)
+        if self.is_cancelled(q.id):
+            return self.cancelled_candidate(q, 0.0)
         kw = dict(max_tokens=s["max_tokens"], temperature=s["temperature"], top_p=s["top_p"],
-                  stop=s["stop"] or None)
+                  stop=s["stop"] or None, logits_processor=self._stopper(q.id))
         if s["seed"] is not None:
             kw["seed"] = s["seed"]
         t0 = time.perf_counter()
@@ -114,7 +131,10 @@ class LlamaCppBackend(Backend):
                              metadata={"error_type": "context_overflow" if overflow else "bad_request",
                                        "retryable": False})
         usage = res.get("usage") or {}
+        if self.is_cancelled(q.id):
+            return self.cancelled_candidate(q, time.perf_counter() - t0, int(usage.get("completion_tokens", 0)))
         pt, ct = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
         return Candidate(q.id, self.name, text.strip(),
                          Usage(pt, ct, self.cost(pt, ct), time.perf_counter() - t0),
                          finish_reason=res["choices"][0].get("finish_reason"))
+

@@ -36,7 +36,11 @@ def classify(exc: Exception) -> tuple[str, bool]:
 
 
 def chat_call(backend, q: Query, *, model: str, api_base: str | None, api_key: str | None,
-              extra: dict | None = None) -> Candidate:
+              extra: dict | None = None, stream: bool = False) -> Candidate:
+    """One chat call. `stream=True` reads the answer as it is generated so `backend.cancel()`
+    can close the upstream request mid-generation (the server then stops decoding)."""
+    if backend.is_cancelled(q.id):
+        return backend.cancelled_candidate(q, 0.0)
     litellm = import_litellm()
     s = backend.settings_for(q)
     kw = dict(model=model, messages=backend.messages_for(q), max_tokens=s["max_tokens"],
@@ -53,6 +57,9 @@ def chat_call(backend, q: Query, *, model: str, api_base: str | None, api_key: s
     kw.update(extra or {})
     t0 = time.perf_counter()
     try:
+        if stream:
+            return _streamed(backend, q, litellm.completion(**kw, stream=True,
+                                                            stream_options={"include_usage": True}), t0)
         res = litellm.completion(**kw)
     except Exception as exc:  # noqa: BLE001 - every provider error becomes a clear per-query error
         etype, retryable = classify(exc)
@@ -67,6 +74,32 @@ def chat_call(backend, q: Query, *, model: str, api_base: str | None, api_key: s
     ct = int(getattr(u, "completion_tokens", 0) or 0)
     return Candidate(q.id, backend.name, text, Usage(pt, ct, backend.cost(pt, ct), time.perf_counter() - t0),
                      finish_reason=getattr(choice, "finish_reason", None))
+
+
+def _streamed(backend, q: Query, chunks, t0: float) -> Candidate:
+    parts: list[str] = []
+    n_chunks, usage, finish = 0, None, None
+    try:
+        for chunk in chunks:
+            if backend.is_cancelled(q.id):
+                return backend.cancelled_candidate(q, time.perf_counter() - t0, n_chunks)
+            usage = getattr(chunk, "usage", None) or usage
+            if chunk.choices:
+                delta = chunk.choices[0].delta
+                if getattr(delta, "content", None):
+                    parts.append(delta.content)
+                    n_chunks += 1
+                finish = chunk.choices[0].finish_reason or finish
+    finally:
+        close = getattr(chunks, "close", None) or getattr(getattr(chunks, "completion_stream", None), "close", None)
+        if close is not None:
+            close()  # drop the connection: the server stops generating for a cancelled query
+    text = "".join(parts).strip()
+    pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    ct = int(getattr(usage, "completion_tokens", 0) or 0) or n_chunks
+    meta = {} if usage is not None else {"usage_estimated": True}
+    return Candidate(q.id, backend.name, text, Usage(pt, ct, backend.cost(pt, ct), time.perf_counter() - t0),
+                     finish_reason=finish, metadata=meta)
 
 
 def chat_batch(backend, queries: list[Query], **kw) -> list[Candidate]:

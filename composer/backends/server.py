@@ -7,6 +7,8 @@ hook stops any server still running: no orphan on exceptions, Ctrl-C or a crash.
 
 options:
   command: list or string; {model}, {port}, {host}, {ctx}, {python} are filled in.
+           (llama.cpp's server runs with --interrupt_requests False: by default it would abort a
+           streaming request whenever another arrives, breaking concurrent calls.)
            default: python -m llama_cpp.server --model {model} --host 127.0.0.1 --port {port} --n_ctx {ctx}
            vLLM:    ["vllm", "serve", "{model}", "--port", "{port}"]
   port: fixed port (default: a free one); host (default 127.0.0.1)
@@ -37,7 +39,7 @@ from composer.errors import ExpertLoadError
 from composer.models import ModelNotFoundError, resolve_model_path
 
 DEFAULT_COMMAND = ["{python}", "-m", "llama_cpp.server", "--model", "{model}", "--host", "{host}",
-                   "--port", "{port}", "--n_ctx", "{ctx}"]
+                   "--port", "{port}", "--n_ctx", "{ctx}", "--interrupt_requests", "False"]
 
 _live: "weakref.WeakSet[ServerBackend]" = weakref.WeakSet()
 _atexit_lock = threading.Lock()
@@ -194,4 +196,4 @@ class ServerBackend(Backend):
     def _generate(self, queries):
         key = os.environ.get(self.spec.api_key_env) if self.spec.api_key_env else None
         return chat_batch(self, queries, model=f"openai/{self._served_model}", api_base=self.api_base,
-                          api_key=key or "not-needed")
+                          api_key=key or "not-needed", stream=True)
