@@ -9,7 +9,6 @@ re-implements any step of the path.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -25,14 +24,6 @@ from composer.scheduler import Scheduler
 from composer.types import Answer, Query, RouteDecision
 
 
-def available_memory() -> int:
-    """Bytes of RAM available now (the default memory budget on a CPU host)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 8 * 2**30
-
-
 def _batched_stage(batcher):
     """A stage runner over a StreamBatcher: each item joins its expert's next batch."""
 
@@ -41,7 +32,14 @@ def _batched_stage(batcher):
 
         t0 = time.perf_counter()
         futures = [batcher.submit(w.query, w.expert) for w in work]
-        return StageResult([f.result() for f in futures], [], time.perf_counter() - t0)
+        cands = [f.result() for f in futures]
+        events, seen = [], set()
+        for c in cands:  # each batch's load/unload events, once per batch
+            evs = c.metadata.pop("batch_events", [])
+            if id(evs) not in seen:
+                seen.add(id(evs))
+                events.extend(evs)
+        return StageResult(cands, events, time.perf_counter() - t0)
 
     return run_stage
 
@@ -113,8 +111,8 @@ class Composer:
     def _make_executor(self):
         footprints = {n: self.backend(n).footprint for n in self._experts}
         remote = frozenset(n for n in self._experts if self.backend(n).remote)
-        budget = self.memory_budget if self.memory_budget is not None else available_memory()
-        scheduler = Scheduler(footprints, budget, remote)
+        # None: the scheduler measures free GPU memory where there is a GPU, else available RAM.
+        scheduler = Scheduler(footprints, self.memory_budget, remote)
         if self.executor_kind == "ray":
             from composer.executors import RayExecutor  # noqa: PLC0415 - Ray loads only when asked
 

@@ -205,6 +205,9 @@ class StreamBatcher:
                     self._stats[ev["event"] + "s"] += 1
                     self._stats[ev["event"] + "_s"] += ev["seconds"]
         for en, cand in zip(entries, res.candidates):
+            # The loads/unloads this call waited for travel with it, so a stage report in
+            # server mode shows them too (core._batched_stage collects them).
+            cand.metadata["batch_events"] = res.events
             en.future.set_result(cand)
 
 

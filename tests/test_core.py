@@ -67,3 +67,12 @@ def test_close_unloads_everything(fake):
     assert set(fake.loaded_experts()) == {"fast", "slow"}
     fake.close()
     assert fake.loaded_experts() == []
+
+
+def test_stream_mode_reports_loads(fake):
+    fake.stream_mode(max_wait_s=0.05)
+    a = fake.run(["x", "y"], expert="slow")
+    assert all(x.ok for x in a)
+    events = a[0].stages[0]["events"]
+    assert [e["event"] for e in events] == ["load"] and events[0]["expert"] == "slow"
+    assert "batch_events" not in a[0].candidates[0].metadata

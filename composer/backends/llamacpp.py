@@ -91,6 +91,10 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ExpertLoadError(f"llama.cpp could not load {path}: {exc}", expert=self.name) from None
+        # Weights are memory-mapped and paged in lazily: one decode step touches every layer,
+        # so the load event's duration is the real cost and the first query is not penalised.
+        self._llm.eval([self._llm.token_bos()])
+        self._llm.reset()
 
     def _unload(self) -> None:
         llm, self._llm = self._llm, None
