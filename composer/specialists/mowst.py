@@ -20,9 +20,9 @@ validation accuracy; the best state over turns is kept and rounds stop when one 
 
 Inference: the MLP runs for every requested node; nodes with C >= threshold (chosen on validation
 when threshold="auto") are answered by the MLP, the others by the GNN ("threshold"), or each node
-picks the MLP with probability C ("sample", the paper's stochastic rule, seeded). The GNN runs only for the nodes
-that need it, on their L-hop subgraph (`torch_geometric.utils.k_hop_subgraph`); GCN
-normalisation weights are precomputed on the whole graph so subgraph outputs are exact.
+picks the MLP with probability C ("sample", the paper's stochastic rule, seeded). The GNN runs
+only for the nodes that need it, on their 2-hop subgraph (`torch_geometric.utils.k_hop_subgraph`);
+GCN normalisation weights are precomputed on the whole graph so subgraph outputs are exact.
 
 Example:
     >>> g = load_planetoid("cora")
