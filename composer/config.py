@@ -120,12 +120,28 @@ class PipelineSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Router parameters.")
 
 
+class ReliabilitySettings(_Strict):
+    """The failure policy every stage runs under (composer/reliability.py)."""
+
+    max_retries: int = Field(2, ge=0, le=10, description="Retries of a retryable error (with backoff).")
+    backoff_s: float = Field(0.05, ge=0, description="First backoff; doubles each retry (with jitter).")
+    backoff_max_s: float = Field(2.0, ge=0, description="Longest backoff.")
+    cooldown_after: int = Field(3, ge=1, description="Consecutive failures that send an expert to cool down.")
+    cooldown_s: float = Field(10.0, ge=0, description="Seconds an expert cools down, then comes back by itself.")
+    cooldown_rate: float = Field(0.6, ge=0, le=1, description=(
+        "Share of the expert's recent calls that must have failed too (keeps flaky experts in service)."))
+    window: int = Field(20, ge=1, description="Recent calls the failure share is computed over.")
+    max_fallbacks: int = Field(3, ge=0, description="Most fallback hops a request may take.")
+
+
 class Settings(_Strict):
     default_expert: str | None = Field(None, description="Expert used when a request names none.")
     memory_budget_bytes: int | None = Field(None, ge=0, description=(
         "Memory the scheduler may fill with loaded experts; default: available RAM."))
     executor: Literal["local", "ray"] = Field("local", description="Where experts run.")
     ray_address: str | None = Field(None, description="Ray cluster address; None starts local Ray.")
+    reliability: ReliabilitySettings = Field(default_factory=ReliabilitySettings, description=(
+        "Retries, backoff, cooldowns and fallback hops."))
 
 
 class RegistryConfig(_Strict):

@@ -128,7 +128,8 @@ class Composer:
             if self._reliability is None:
                 from composer.reliability import Reliability  # noqa: PLC0415
 
-                self._reliability = Reliability(self.experts, get_backend=self.backend)
+                self._reliability = Reliability(self.experts, get_backend=self.backend,
+                                                **self.config.settings.reliability.model_dump())
             return self._reliability
 
     # -- routing ----------------------------------------------------------------------------

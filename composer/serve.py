@@ -116,7 +116,9 @@ class Service:
         self.key_hashes = list(key_hashes)
         self.options = options
         cfg = load_config(config_path)
-        policy = Reliability({e.name: e for e in cfg.experts}, **options.reliability)
+        # experts.yaml's settings.reliability, with the command line's flags on top.
+        policy = Reliability({e.name: e for e in cfg.experts},
+                             **{**cfg.settings.reliability.model_dump(), **options.reliability})
         self.composer = Composer.from_yaml(config_path, reliability=policy)
         policy.get_backend = self.composer.backend
         self.composer.stream_mode(max_wait_s=options.batch_max_wait_s, max_batch=options.max_batch)

@@ -112,3 +112,16 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_file_not_found(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_reliability_settings_reach_the_core(tmp_path):
+    from composer.core import Composer
+
+    p = write(tmp_path, GOOD.replace("version: 1\n", "version: 1\nsettings:\n  reliability: {max_retries: 5, cooldown_s: 1.5}\n"))
+    c = Composer.from_yaml(p)
+    assert c.reliability.max_retries == 5 and c.reliability.cooldown_s == 1.5
+    assert c.reliability.cooldown_after == 3  # default kept
+    bad = write(tmp_path, GOOD.replace("version: 1\n", "version: 1\nsettings:\n  reliability: {retries: 5}\n"))
+    with pytest.raises(ConfigError) as ei:
+        load_config(bad)
+    assert ei.value.field == "settings.reliability.retries" and ei.value.line == 3

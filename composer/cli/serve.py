@@ -23,10 +23,10 @@ def serve(
     max_inflight: int = typer.Option(64, help="Requests in flight before a fast 429 with Retry-After."),
     max_n: int = typer.Option(4, help="Largest `n` a request may ask for."),
     drain_timeout: float = typer.Option(30.0, help="Seconds to wait for in-flight requests on shutdown."),
-    retries: int = typer.Option(2, help="Retries of a retryable expert error (with backoff)."),
-    cooldown_after: int = typer.Option(3, help="Consecutive failures that send an expert to cool down."),
-    cooldown_s: float = typer.Option(10.0, help="Seconds an expert cools down."),
-    cooldown_rate: float = typer.Option(0.6, help="Share of an expert's last 20 calls that must have failed too."),
+    retries: Optional[int] = typer.Option(None, help="Retries of a retryable expert error (default: experts.yaml settings.reliability, 2)."),
+    cooldown_after: Optional[int] = typer.Option(None, help="Consecutive failures that send an expert to cool down."),
+    cooldown_s: Optional[float] = typer.Option(None, help="Seconds an expert cools down."),
+    cooldown_rate: Optional[float] = typer.Option(None, help="Share of an expert's last 20 calls that must have failed too."),
 ):
     """Serve /v1/chat/completions, /v1/models, /v1/route, /metrics, /healthz, /readyz."""
     from composer.config import load_config
@@ -45,8 +45,9 @@ def serve(
         fail("no API keys: set COMPOSER_API_KEYS=key1,key2 or pass --api-key-file FILE "
              "(every route except /healthz and /readyz requires 'Authorization: Bearer <key>')")
     opts = ServeOptions(max_inflight=max_inflight, max_n=max_n, drain_timeout_s=drain_timeout,
-                        reliability={"max_retries": retries, "cooldown_after": cooldown_after,
-                                     "cooldown_s": cooldown_s, "cooldown_rate": cooldown_rate})
+                        reliability={k: v for k, v in {"max_retries": retries, "cooldown_after": cooldown_after,
+                                                       "cooldown_s": cooldown_s, "cooldown_rate": cooldown_rate}.items()
+                                     if v is not None})  # unset flags keep experts.yaml's settings
     code = run_server(str(Path(path).resolve()), host, port, [hash_key(k) for k in keys], opts,
                       echo=lambda m: typer.echo(m, err=False))
     raise typer.Exit(code)
