@@ -123,6 +123,36 @@ def _record(meta: dict, index: int, item, ans, latency: float) -> dict:
             "finished_at": time.time()}
 
 
+def rescore(path: str | Path) -> dict:
+    """Re-grade every record of a finished store from its stored text with the current
+    extractors (after an extractor fix), rewriting the file atomically. Never run it on a store
+    a live run is appending to. Returns how many records changed."""
+    store = ResultStore(path)
+    store.repair()
+    records = store.records()
+    if not records:
+        return {"records": 0, "changed": 0}
+    first = records[0]
+    items = {it.id: it for it in load_benchmark(first["benchmark"], first.get("split", "test"))}
+    changed = 0
+    for r in records:
+        if r.get("error") is None:
+            g = grade(items[r["item_id"]], r["text"])
+            new = {"prediction": g["prediction"], "score": g["score"], "correct": g["score"] >= 1.0,
+                   "reason": g["reason"]}
+            if any(r.get(k) != v for k, v in new.items()):
+                changed += 1
+                r.update(new)
+    tmp = store.path.with_name(store.path.name + ".rescore.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, store.path)
+    return {"records": len(records), "changed": changed}
+
+
 def default_out(benchmark: str, run: str, seed: int) -> Path:
     return Path("runs") / "live" / f"{benchmark}__{run.replace('/', '_')}__seed{seed}.jsonl"
 
@@ -212,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--benchmark")
     ap.add_argument("--pipeline")
     ap.add_argument("--expert")
     ap.add_argument("--config")
@@ -222,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int)
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--rescore", nargs="+", metavar="STORE", help="re-grade finished stores and stop")
     a = ap.parse_args(argv)
+    if a.rescore:
+        for p in a.rescore:
+            print(p, rescore(p))
+        return 0
+    if not a.benchmark:
+        ap.error("--benchmark is required")
     summary = run_live_eval(a.benchmark, a.pipeline, a.config, a.limit, a.seed, a.out, not a.no_resume,
                             a.expert, max_tokens=a.max_tokens, progress=not a.no_progress)
     print(json.dumps(summary, indent=2))

@@ -93,7 +93,7 @@ def test_extract_choice(text, want):
 
 @pytest.mark.parametrize("text,want", [("9 * 2 = $18.\nAnswer: 18", "18"), ("so #### 1,234", "1234"),
                                        ("\\boxed{3.50}", "3.5"), ("first 3 then 7", "7"), ("none", None),
-                                       ("The answer is -4.", "-4")])
+                                       ("The answer is -4.", "-4"), ("The answer is 24 + 12 = 36.", "36")])
 def test_extract_number(text, want):
     assert extract_number(text) == want
 

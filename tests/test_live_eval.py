@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from composer.errors import BadRequestError
-from evals.live import ResultStore, run_live_eval, select_items, summarise, unique_records
+from evals.live import ResultStore, rescore, run_live_eval, select_items, summarise, unique_records
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
@@ -43,6 +43,17 @@ def test_store_repairs_a_torn_line_and_never_counts_twice(tmp_path):
     summ = summarise(s.records())
     assert summ["n"] == 2 and summ["correct"] == 1 and summ["accuracy"] == 0.5 and summ["duplicates_ignored"] == 1
     assert [r["item_id"] for r in unique_records(s.records())] == ["a", "b"]
+
+
+def test_rescore_regrades_from_the_stored_text(tmp_path, shared_data):
+    s = ResultStore(tmp_path / "g.jsonl")
+    s.append(rec("gsm8k-test-0", correct=False, benchmark="gsm8k", text="The answer is 10 + 8 = 18.",
+                 prediction="10", score=0.0, reason="mismatch"))
+    s.append(rec("gsm8k-test-1", correct=False, benchmark="gsm8k", text="", error="expert failed"))
+    assert rescore(s.path) == {"records": 2, "changed": 1}
+    r0, r1 = s.records()
+    assert r0["prediction"] == "18" and r0["correct"] is True and r1["correct"] is False
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_bad_line_is_named(tmp_path):

@@ -59,7 +59,7 @@ def extract_choice(text: str) -> str | None:
 def extract_number(text: str) -> str | None:
     for pat in (_BOXED, re.compile(r"####\s*([^\n]+)"), re.compile(r"answer\s*(?:is|:)\s*:?\s*([^\n]+)", re.I)):
         for m in reversed(list(pat.finditer(text))):
-            nums = _NUMBER.findall(m.group(1))
+            nums = _NUMBER.findall(m.group(1).rsplit("=", 1)[-1])  # "answer is 24 + 12 = 36" -> 36
             if nums:
                 return canonical_number(nums[0])
     nums = _NUMBER.findall(text)
