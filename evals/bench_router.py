@@ -27,8 +27,8 @@ def _load() -> list[float] | None:
 
 
 def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: int = 256,
-              n_batch: int = 1024, warmup: int = 5, out: str | Path | None = None,
-              progress=print) -> dict[str, Any]:
+              n_batch: int = 1024, warmup: int = 5, threads: int | None = None,
+              out: str | Path | None = None, progress=print) -> dict[str, Any]:
     """Measure `router.route` on fresh prompts. `queries` must hold at least n_single + n_batch
     distinct prompts (more are ignored) so that no timed call hits the embedding cache."""
     from routers.embed import Embedder
@@ -40,7 +40,7 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
     rng = np.random.default_rng(0)
     queries = [queries[i] for i in rng.permutation(len(queries))[:need]]
     warm, single, batch = queries[:warmup], queries[warmup:warmup + n_single], queries[warmup + n_single:]
-    emb = Embedder(router.embedding_model, cache=False)  # no disk cache: every timed prompt is new
+    emb = Embedder(router.embedding_model, cache=False, threads=threads)  # no disk cache: every prompt is new
     router.use_embedder(emb)
     load_before = _load()
     router.route(warm)  # loads the embedding model; not timed
@@ -79,10 +79,10 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
                           "max_seq_length": emb.max_seq_length},
         "targets": {"single_p50_ms_max": 15.0, "batched_qps_min": 100.0},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
-                    "load_after": _load(), "torch_threads": _torch_threads()},
+                    "load_after": _load(), "torch_threads": threads or _torch_threads()},
     }
     res["meets"] = {"single_p50": res["single_query_ms"]["p50"] <= 15.0, "batched_qps": res["batched_qps"] >= 100.0}
-    progress(f"router {router.name}: single-query p50 {res['single_query_ms']['p50']:.1f} ms "
+    progress(f"router {router.name} (torch threads {res['machine']['torch_threads']}): single-query p50 {res['single_query_ms']['p50']:.1f} ms "
              f"(p90 {res['single_query_ms']['p90']:.1f}, embedding alone {res['single_embedding_only_ms_p50']:.1f}) "
              f"| batched {res['batched_qps']:.0f} q/s (batch {batch_size}), cached {res['batched_cached_qps']:.0f} q/s "
              f"| prompts median {res['prompt_tokens']['median']:.0f} tokens | load {load_before} -> {res['machine']['load_after']}")
@@ -113,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-single", type=int, default=100)
     ap.add_argument("--n-batch", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/bench_router.json")
     a = ap.parse_args(argv)
     router = Router.load(a.router)
     run_bench(router, read_outcomes(a.outcomes).prompts(), n_single=a.n_single, n_batch=a.n_batch,
-              batch_size=a.batch_size, out=a.out)
+              batch_size=a.batch_size, threads=a.threads, out=a.out)
     return 0
 
 

@@ -235,6 +235,7 @@ def write_outputs(res: dict, decisions: dict, out: Path) -> None:
         for name, rows in decisions.items():
             for row in rows:
                 f.write(json.dumps({"router": name, **row}, ensure_ascii=False) + "\n")
-    from evals.router_plot import plot_curves
+    from evals.router_plot import plot_accuracy, plot_curves
 
     plot_curves(res, out / "curves.png")
+    plot_accuracy(res, out / "accuracy.png")

@@ -90,3 +90,31 @@ def _x(p, scope, res):
 
 def _y(p, scope):
     return p["accuracy"] if scope == "all" else p["task_accuracy"][scope]
+
+
+def plot_accuracy(res: dict[str, Any], path: str | Path) -> Path:
+    """Task-average accuracy of every router next to every single expert and the oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = [(f"expert: {e.split('/')[-1]}", p["task_average"], "#9e9e9e") for e, p in res["singles"].items()]
+    rows += [(name, e["default"]["task_average"], "#1f77b4") for name, e in res["routers"].items() if name != "oracle"]
+    rows.append(("oracle", res["oracle"]["task_average"], "#d4a017"))
+    rows = [r for r in rows if r[1] is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=[r[2] for r in rows])
+    best = res["best_single"]["task_average"]
+    ax.axvline(best, color="red", linestyle="--", label=f"best single expert ({best:.3f})")
+    lo = min(r[1] for r in rows)
+    ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(r[1] for r in rows) + 0.03))
+    ax.set_xlabel(f"accuracy, mean over tasks ({', '.join(res['tasks'])})")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

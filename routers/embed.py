@@ -43,14 +43,15 @@ class Embedder:
     """
 
     def __init__(self, model: str = DEFAULT_EMBEDDING, *, cache_dir: str | Path | None = None,
-                 cache: bool = True, batch_size: int = 64, device: str = "cpu",
-                 max_seq_length: int | None = 256):
+                 cache: bool = True, batch_size: int = 16, device: str = "cpu",
+                 max_seq_length: int | None = 256, threads: int | None = 1):
         self.model = model
         self.cache_dir = cache_dir
         self.cache = cache
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # small batches: long prompts gain nothing from big ones on CPU
         self.device = device
         self.max_seq_length = max_seq_length
+        self.threads = threads  # torch threads while embedding; 1 is fastest on a shared CPU. None: torch default
         self._st = None
         self._db: sqlite3.Connection | None = None
         self._memory: dict[str, np.ndarray] = {}
@@ -142,8 +143,17 @@ class Embedder:
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         self.load()
-        v = self._st.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                            normalize_embeddings=True, show_progress_bar=False)
+        import torch
+
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            v = self._st.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+        finally:
+            if self.threads:
+                torch.set_num_threads(before)
         return np.asarray(v, dtype=np.float32)
 
     def close(self) -> None:

@@ -32,23 +32,45 @@ def _nanmean_rows(V: np.ndarray, fallback: np.ndarray, weights: np.ndarray | Non
 class KNNRouter(Router):
     """Mean score of each expert over the k most similar training prompts (cosine similarity).
 
-    RouterBench's kNN router, for any number of experts; `weighted` weights neighbours by similarity.
+    RouterBench's kNN router, for any number of experts; `weighted` weights neighbours by
+    similarity. `n_neighbors="auto"` picks k from `k_grid` by leave-one-out routing quality on
+    the training table itself (the mean true score of the expert each training query would get).
     """
 
     name = "knn"
 
-    def __init__(self, *, n_neighbors: int = 40, weighted: bool = False, lam: float = 0.0, k: int = 1,
-                 budget: float | None = None, embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+    def __init__(self, *, n_neighbors: int | str = "auto", k_grid: tuple[int, ...] = (10, 20, 50, 100, 200),
+                 weighted: bool = False, lam: float = 0.0, k: int = 1, budget: float | None = None,
+                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.n_neighbors = n_neighbors
+        self.k_grid = k_grid
         self.weighted = weighted
 
     def _fit(self, X, Y, table) -> None:
         self.X_ = np.ascontiguousarray(X, dtype=np.float32)
         self.Y_ = Y.astype(np.float32)
+        if self.n_neighbors == "auto":
+            self.loo_scores_ = {int(kk): self._loo_score(int(kk)) for kk in self.k_grid if kk < len(X)}
+            self.k_ = max(self.loo_scores_, key=self.loo_scores_.get) if self.loo_scores_ else len(X)
+        else:
+            self.k_ = int(self.n_neighbors)
+
+    def _loo_score(self, kk: int) -> float:
+        """Mean true score of the argmax expert when each training query is routed by the others."""
+        Yf = self.Y_.astype(float)
+        got = []
+        for s in range(0, len(self.X_), _CHUNK):
+            sims = self.X_[s:s + _CHUNK] @ self.X_.T
+            sims[np.arange(len(sims)), np.arange(s, s + len(sims))] = -np.inf  # leave the query out
+            idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            pred = _nanmean_rows(Yf[idx], self.train_means_)
+            pick = pred.argmax(axis=1)
+            got.append(Yf[np.arange(s, s + len(sims)), pick])
+        return float(np.nanmean(np.concatenate(got)))
 
     def _predict(self, X) -> np.ndarray:
-        kk = max(1, min(int(self.n_neighbors), len(self.X_)))
+        kk = max(1, min(int(getattr(self, "k_", self.n_neighbors)), len(self.X_)))
         out = np.empty((len(X), self.Y_.shape[1]))
         for s in range(0, len(X), _CHUNK):
             sims = X[s:s + _CHUNK] @ self.X_.T

@@ -5,6 +5,8 @@ profile for a skill is how well it did on the queries needing that skill (Symbol
 +1 correct / -1 wrong tally, here as a shrunk accuracy); a new query's experts are ranked by
 local suitability (its skills' profile scores) x global competency (overall accuracy), the top k
 are recruited, and one aggregator expert (the most competent overall) combines their answers.
+Symbolic-MoE recruits k=3; the default here is k=1 so offline comparisons with single-expert
+routers are like for like; pipelines set k (and `composer route --k 3` shows a recruitment).
 
 Skills come from either
 - ``skills="embedding"`` (default): the query's nearest entries of a skill vocabulary by
@@ -50,7 +52,7 @@ class SymbolicMoERouter(Router):
     def __init__(self, *, skills: str = "embedding", vocabulary: list[str] | None = None, n_skills: int = 3,
                  shrinkage: float = 10.0, min_share: float = 0.05, temperature: float = 0.05,
                  skill_model: str = "embedded:smollm2-135m-instruct", max_llm_queries: int = 200,
-                 lam: float = 0.0, k: int = 3, budget: float | None = None,
+                 lam: float = 0.0, k: int = 1, budget: float | None = None,
                  embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.skills = skills

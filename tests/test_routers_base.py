@@ -137,3 +137,10 @@ def test_missing_scores_are_masked_not_zero(train, test_prompts, embedder):
         assert r.train_means_[r.experts_.index(e)] == pytest.approx(kept)
         S = r.predict_scores(test_prompts)
         assert np.isfinite(S).all(), name
+
+
+def test_knn_auto_picks_k_by_leave_one_out(train, embedder):
+    r = make_router("knn", k_grid=(5, 20, 50)).use_embedder(embedder).fit(train)
+    assert set(r.loo_scores_) == {5, 20, 50}
+    assert r.k_ == max(r.loo_scores_, key=r.loo_scores_.get)
+    assert make_router("knn", n_neighbors=7).use_embedder(embedder).fit(train).k_ == 7

@@ -159,6 +159,7 @@ def bench_router(
     n_single: int = typer.Option(100, help="Single-query calls to time."),
     n_batch: int = typer.Option(1024, help="Queries in the batched run."),
     batch_size: int = typer.Option(256, help="Queries per route() call in the batched run."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads while embedding (default: torch's; 1 is best on a busy CPU)."),
     out: Path = typer.Option(Path("runs/bench_router.json"), "--out", help="JSON file for the numbers."),
 ):
     """Routing overhead: p50 single-query latency and batched queries/s on fresh prompts."""
@@ -176,7 +177,7 @@ def bench_router(
             train, _ = table.split(0.5, seed=0)
             r = make_router(router).fit(train)
         run_bench(r, table.prompts(), n_single=n_single, n_batch=n_batch, batch_size=batch_size,
-                  out=out, progress=typer.echo)
+                  threads=threads, out=out, progress=typer.echo)
     except (ComposerError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
     typer.echo(f"wrote {out}")
@@ -260,7 +261,7 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
         return
     print_summary(res)
     if out is not None:
-        typer.echo(f"wrote {out}/results.json, {out}/decisions.jsonl, {out}/curves.png")
+        typer.echo(f"wrote {out}/results.json, {out}/decisions.jsonl, {out}/curves.png, {out}/accuracy.png")
 
 
 def print_summary(res) -> None:
@@ -273,6 +274,11 @@ def print_summary(res) -> None:
         vals = [row["router"], _f(row["task_average"]), _f(row["accuracy"]), _f(row["oracle_gap_closed"]),
                 f"{row['cost']:.4g}", _f(row.get("apgr")), _f(row.get("cpt50"), 2), _f(row.get("aiq_all"), 4)]
         typer.echo("  ".join(f"{v:>11}" for v in vals))
+    if "aiq" in res:
+        typer.echo(f"zero router (single experts mixed by cost) AIQ: all {_f(res['aiq']['all']['zero_router'])}, "
+                   f"task mean {_f(res['aiq']['task_mean']['zero_router'])}")
+    if "pair" in res:
+        typer.echo(f"APGR/CPT: RouteLLM's definitions with strong={res['pair']['strong']}, weak={res['pair']['weak']}")
 
 
 def _f(x, digits: int = 4) -> str:
