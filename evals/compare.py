@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evals.live import ResultStore, run_live_eval, summarise
+from evals.live import ResultStore, run_live_eval, summarise, unique_records
 
 
 def result_path(out_dir: Path, benchmark: str, run: str, seed: int) -> Path:
@@ -46,13 +46,38 @@ def table(out_dir: str | Path) -> list[dict]:
             for p in sorted(Path(out_dir).glob("*.jsonl"))]
 
 
-def render(rows: list[dict]) -> str:
-    head = "| benchmark | run | n | accuracy | mean cost (USD) | mean latency (s) | mean tokens out |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+def paired(out_dir: str | Path, baseline: str = "smollm2") -> dict[tuple[str, str], dict]:
+    """Per (benchmark, run): on the items both it and `baseline` answered, how many it got right
+    that the baseline got wrong ("won") and the reverse ("lost")."""
+    stores: dict[tuple[str, str], dict[str, bool]] = {}
+    for p in sorted(Path(out_dir).glob("*.jsonl")):
+        recs = unique_records(ResultStore(p).records())
+        if recs:
+            stores[(recs[0]["benchmark"], recs[0]["run"])] = {r["item_id"]: bool(r["correct"]) for r in recs}
+    out = {}
+    for (b, run), res in stores.items():
+        base = stores.get((b, baseline))
+        if base is None or run == baseline:
+            continue
+        common = res.keys() & base.keys()
+        out[(b, run)] = {"n": len(common), "won": sum(res[i] and not base[i] for i in common),
+                         "lost": sum(base[i] and not res[i] for i in common)}
+    return out
+
+
+def render(rows: list[dict], pairs: dict | None = None, baseline: str = "smollm2") -> str:
+    head = (f"| benchmark | run | n | accuracy | 95% CI | vs {baseline}: won / lost | mean cost (USD) | "
+            "mean latency (s) | mean tokens (in + out) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         acc = f"{s['accuracy']:.3f}" if s.get("accuracy") is not None else "-"
-        lines.append(f"| {s['benchmark']} | {s['run']} | {s['n']} | {acc} | {s['mean_cost'] or 0:.3g} | "
-                     f"{s['mean_latency_s'] or 0:.1f} | {s['mean_completion_tokens'] or 0:.0f} |")
+        ci = s.get("accuracy_ci95")
+        ci = f"{ci[0]:.2f} – {ci[1]:.2f}" if ci else "-"
+        pr = (pairs or {}).get((s["benchmark"], s["run"]))
+        pr = f"{pr['won']} / {pr['lost']}" if pr else "-"
+        toks = (s.get("mean_prompt_tokens") or 0) + (s.get("mean_completion_tokens") or 0)
+        lines.append(f"| {s['benchmark']} | {s['run']} | {s['n']} | {acc} | {ci} | {pr} | {s['mean_cost'] or 0:.3g} | "
+                     f"{s['mean_latency_s'] or 0:.1f} | {toks:.0f} |")
     return "\n".join(lines)
 
 
@@ -75,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         mt = {k: int(v) for k, v in (x.split("=", 1) for x in a.max_tokens)}
         rows = compare(a.benchmarks, a.runs, config=a.config, limit=a.limit, seed=a.seed,
                        out_dir=a.out_dir, max_tokens=mt, progress=not a.no_progress)
-    print(render(rows))
+    print(render(rows, paired(a.out_dir)))
     return 0
 
 

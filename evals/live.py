@@ -96,6 +96,16 @@ def select_items(benchmark: str, split: str, limit: int | None, seed: int):
     return [(i, items[i]) for i in order]
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The Wilson score interval of k successes in n trials (95% by default)."""
+    if not n:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
 def summarise(records: list[dict]) -> dict:
     """Accuracy, cost, tokens and latency over unique records (errors count as wrong)."""
     recs = unique_records(records)
@@ -106,6 +116,7 @@ def summarise(records: list[dict]) -> dict:
                errors=sum(r.get("error") is not None for r in recs),
                duplicates_ignored=len(records) - n)
     out["accuracy"] = out["correct"] / n if n else None
+    out["accuracy_ci95"] = wilson(out["correct"], n)
     for key in ("cost", "latency_s", "prompt_tokens", "completion_tokens"):
         vals = [float(r.get(key) or 0.0) for r in recs]
         out[f"mean_{key}"] = sum(vals) / n if n else None
