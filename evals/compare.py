@@ -48,7 +48,7 @@ def table(out_dir: str | Path) -> list[dict]:
 
 def paired(out_dir: str | Path, baseline: str = "smollm2") -> dict[tuple[str, str], dict]:
     """Per (benchmark, run): on the items both it and `baseline` answered, how many it got right
-    that the baseline got wrong ("won") and the reverse ("lost")."""
+    that the baseline got wrong ("won"), the reverse ("lost"), and the exact McNemar p-value."""
     stores: dict[tuple[str, str], dict[str, bool]] = {}
     for p in sorted(Path(out_dir).glob("*.jsonl")):
         recs = unique_records(ResultStore(p).records())
@@ -60,9 +60,21 @@ def paired(out_dir: str | Path, baseline: str = "smollm2") -> dict[tuple[str, st
         if base is None or run == baseline:
             continue
         common = res.keys() & base.keys()
-        out[(b, run)] = {"n": len(common), "won": sum(res[i] and not base[i] for i in common),
-                         "lost": sum(base[i] and not res[i] for i in common)}
+        won = sum(res[i] and not base[i] for i in common)
+        lost = sum(base[i] and not res[i] for i in common)
+        out[(b, run)] = {"n": len(common), "won": won, "lost": lost, "p": mcnemar_exact(won, lost)}
     return out
+
+
+def mcnemar_exact(won: int, lost: int) -> float:
+    """Two-sided exact McNemar test: the binomial probability of a split at least this uneven."""
+    from math import comb  # noqa: PLC0415
+
+    n = won + lost
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(won, lost) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def render(rows: list[dict], pairs: dict | None = None, baseline: str = "smollm2") -> str:
@@ -74,7 +86,7 @@ def render(rows: list[dict], pairs: dict | None = None, baseline: str = "smollm2
         ci = s.get("accuracy_ci95")
         ci = f"{ci[0]:.2f} – {ci[1]:.2f}" if ci else "-"
         pr = (pairs or {}).get((s["benchmark"], s["run"]))
-        pr = f"{pr['won']} / {pr['lost']}" if pr else "-"
+        pr = f"{pr['won']} / {pr['lost']} (p={pr['p']:.2f})" if pr else "-"
         toks = (s.get("mean_prompt_tokens") or 0) + (s.get("mean_completion_tokens") or 0)
         lines.append(f"| {s['benchmark']} | {s['run']} | {s['n']} | {acc} | {ci} | {pr} | {s['mean_cost'] or 0:.3g} | "
                      f"{s['mean_latency_s'] or 0:.1f} | {toks:.0f} |")
