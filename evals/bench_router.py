@@ -40,7 +40,8 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
     rng = np.random.default_rng(0)
     queries = [queries[i] for i in rng.permutation(len(queries))[:need]]
     warm, single, batch = queries[:warmup], queries[warmup:warmup + n_single], queries[warmup + n_single:]
-    emb = Embedder(router.embedding_model, cache=False, threads=threads)  # no disk cache: every prompt is new
+    # no disk cache: every timed prompt is new; threads None keeps the Embedder's default (1)
+    emb = Embedder(router.embedding_model, cache=False, **({} if threads is None else {"threads": threads}))
     router.use_embedder(emb)
     load_before = _load()
     router.route(warm)  # loads the embedding model; not timed
@@ -79,7 +80,7 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
                           "max_seq_length": emb.max_seq_length},
         "targets": {"single_p50_ms_max": 15.0, "batched_qps_min": 100.0},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
-                    "load_after": _load(), "torch_threads": threads or _torch_threads()},
+                    "load_after": _load(), "torch_threads": emb.threads or _torch_threads()},
     }
     res["meets"] = {"single_p50": res["single_query_ms"]["p50"] <= 15.0, "batched_qps": res["batched_qps"] >= 100.0}
     progress(f"router {router.name} (torch threads {res['machine']['torch_threads']}): single-query p50 {res['single_query_ms']['p50']:.1f} ms "

@@ -20,6 +20,7 @@ State is saved without pickle: JSON plus a NumPy .npz (allow_pickle=False).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -49,6 +50,7 @@ ROUTERS: dict[str, str] = {
     "cascade": "routers.cascade:CascadeRouter",
 }
 STATE_FORMAT = 1
+_SMALL_BATCH = 64  # batches up to this size predict with one BLAS thread
 
 
 def router_class(name: str) -> type["Router"]:
@@ -209,12 +211,24 @@ class Router:
         if not texts:
             return np.zeros((0, len(self.experts_))), None
         X = self._features(texts)
-        S, notes = self._predict_explained(X) if explain else (self._predict(X), None)
+        with self._few_threads(len(texts)):
+            S, notes = self._predict_explained(X) if explain else (self._predict(X), None)
         S = np.asarray(S, dtype=float)
         if S.shape != (len(texts), len(self.experts_)):
             raise RoutingError(f"router '{self.name}' predicted shape {S.shape} for {len(texts)} queries "
                                f"and {len(self.experts_)} experts")
         return S, notes
+
+    def _few_threads(self, n: int):
+        """One BLAS thread for small batches: on a busy CPU a multi-threaded matrix-vector product
+        waits on the other core (8 ms instead of 0.4 ms for kNN over 5.6k prompts)."""
+        if n > _SMALL_BATCH:
+            return contextlib.nullcontext()
+        if getattr(self, "_blas", None) is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+        return self._blas.limit(limits=1, user_api="blas")
 
     def _predict_explained(self, X) -> tuple[np.ndarray, list[str] | None]:
         """Scores plus a short note per query for the decision's reason (None: no note)."""
