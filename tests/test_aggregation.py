@@ -187,6 +187,7 @@ def test_vote_real_models(comp):
     assert a.ok, a.error
     prop, vote = a.stages
     assert prop["calls"] == 3 and vote["answer_type"] == "choice"
+    assert vote["calls"] == 0 and vote["usage"]["total_tokens"] == 0 and vote["loads"] == 0  # same keys as any stage
     assert sorted(v["expert"] for v in vote["votes"]) == ["gemma3-270m", "smollm2", "smollm2"]
     if vote["output"] is not None:
         assert extract_choice(a.text) == vote["output"]

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 
 from composer.aggregation.base import Aggregator, best_candidate, errors_of
 from composer.aggregation.stages import Call, answer_from, run_calls, query_stage, sample_query
-from composer.types import Candidate, Query
+from composer.types import Candidate, Query, Usage
 
 CHOICE_TASKS = {"mmlu", "mmlu_pro", "medmcqa", "arc", "choice"}
 NUMBER_TASKS = {"gsm8k", "aime24", "aime", "math", "number"}
@@ -160,7 +160,9 @@ class Vote(Aggregator):
                 chosen = best_candidate(ok, d)
                 info["fallback"] = f"no candidate had an extractable {atype} answer; kept the router's preferred candidate"
             stage = query_stage("proposers", "proposers", mine, batch)
-            vote_stage = {"stage": "vote", "kind": "vote", "calls": 0, "answer_type": atype,
+            vote_stage = {"stage": "vote", "kind": "vote", "calls": 0, "experts": [], "candidates": [],
+                          "usage": Usage().to_dict(), "latency_s": 0.0, "loads": 0, "unloads": 0,
+                          "answer_type": atype,
                           "votes": [{"expert": c.expert, "sample": c.metadata.get("sample"), "answer": v}
                                     for c, (v, _) in zip(ok, votes)],
                           "input": [v for v, _ in votes], "output": winner, **info}
