@@ -87,3 +87,38 @@ def test_eval_live_mode_calls_the_live_runner(cli, files):
             "--out", out, "--no-resume")
     assert r.exit_code == 0, r.output
     assert out.exists() and len(out.read_text().splitlines()) == 1
+
+
+def test_eval_on_a_routerbench_csv_uses_its_own_costs(cli, files):
+    """RouterBench's wide format carries per-query costs: the eval needs no --prices."""
+    import csv
+
+    from composer.config import Price
+
+    t = routellm_gsm8k(120, seed=5).with_price_costs({
+        "gpt-4-1106-preview": Price(input_per_1m=10, output_per_1m=30),
+        "mistralai/Mixtral-8x7B-Instruct-v0.1": Price(input_per_1m=0.6, output_per_1m=0.6)})
+    models = t.experts
+    S, C = t.score_matrix(), t.cost_matrix()
+    resp = t.frame.pivot(index="query_id", columns="expert", values="response")
+    q = t.queries()
+    path = files / "routerbench_gsm8k.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "prompt", "eval_name", *models, *[f"{m}|model_response" for m in models],
+                    *[f"{m}|total_cost" for m in models], "oracle_model_to_route_to"])
+        for qid in t.query_ids:
+            w.writerow([qid, q.at[qid, "prompt"], "gsm8k", *[S.at[qid, m] for m in models],
+                        *[resp.at[qid, m] for m in models], *[C.at[qid, m] for m in models], models[0]])
+    out = files / "eval_rb"
+    r = cli("eval", "--outcomes", path, "--router", "best_single,knn", "--test-fraction", "0.4",
+            "--points", "5", "--out", out)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["cost_unit"] == "usd" and res["tasks"] == ["gsm8k"]
+    strong_cost = res["singles"]["gpt-4-1106-preview"]["cost"]
+    assert strong_cost == pytest.approx(float(C.loc[res_ids(out), "gpt-4-1106-preview"].sum()))
+
+
+def res_ids(out) -> list[str]:
+    return sorted({json.loads(line)["query_id"] for line in (out / "decisions.jsonl").read_text().splitlines()})
