@@ -44,7 +44,7 @@ def canonical_number(s: str) -> str | None:
     except InvalidOperation:
         return None
     if d == d.to_integral_value():
-        return str(d.quantize(Decimal(1)))
+        return str(int(d))  # exact at any size (quantize fails past the context's 28 digits)
     return format(d.normalize(), "f")
 
 
