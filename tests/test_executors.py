@@ -227,8 +227,11 @@ def test_crashed_actor_is_restarted_once_and_nothing_is_lost(cfg, ray_session):
         killed = []
 
         def killer():
-            while "slow" not in ex.actor_pids():
+            # Wait until the batch call is out (not merely the actor started: a kill during its
+            # load is a load failure, not the mid-run crash this test is about).
+            while "slow" not in ex._inflight or "slow" not in ex.actor_pids():
                 time.sleep(0.01)
+            time.sleep(0.2)
             pid = ex.actor_pids()["slow"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
