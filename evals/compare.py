@@ -93,6 +93,44 @@ def render(rows: list[dict], pairs: dict | None = None, baseline: str = "smollm2
     return "\n".join(lines)
 
 
+def latency_probe(benchmark: str, runs: list[str], *, config: str | None, n: int = 10, seed: int = 0,
+                  max_tokens: int | None = None, baseline: str = "smollm2") -> dict:
+    """Wall time per query of every run on the same `n` items, back to back in one process
+    (the order of runs rotates per item), so a busy shared machine slows all runs alike; the
+    per-run latencies of the result stores were measured hours apart under different load."""
+    from statistics import median  # noqa: PLC0415
+    from time import perf_counter  # noqa: PLC0415
+
+    from composer.core import Composer  # noqa: PLC0415
+    from composer.types import Query  # noqa: PLC0415
+    from evals.benchmarks import get_benchmark  # noqa: PLC0415
+    from evals.live import select_items  # noqa: PLC0415
+
+    bench = get_benchmark(benchmark)
+    mt = max_tokens or bench.max_tokens
+    items = [it for _, it in select_items(bench.name, "test", n + 1, seed)]
+    times: dict[str, list[float]] = {r: [] for r in runs}
+    with Composer.from_yaml(config or "experts.yaml") as c:
+        def once(r: str, it, tag: str) -> float:
+            q = Query(bench.prompt(it), id=f"{it.id}-{tag}-{r}", task=bench.name, max_tokens=mt, seed=seed)
+            kw = {"pipeline": r} if r in c.pipelines else {"expert": r}
+            t0 = perf_counter()
+            c.run([q], **kw)
+            return perf_counter() - t0
+
+        for r in runs:  # warm-up on an extra item: loads every expert once
+            once(r, items[0], "warm")
+        for j, it in enumerate(items[1:]):
+            for r in runs[j % len(runs):] + runs[:j % len(runs)]:
+                times[r].append(once(r, it, "probe"))
+    med = {r: median(v) for r, v in times.items()}
+    base = med.get(baseline)
+    return {"benchmark": bench.name, "n": n, "seed": seed, "max_tokens": mt, "baseline": baseline,
+            "runs": {r: {"median_s": round(med[r], 3), "mean_s": round(sum(v) / len(v), 3),
+                         "ratio_to_baseline": round(med[r] / base, 2) if base else None}
+                     for r, v in times.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config")
@@ -105,11 +143,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-benchmark generation budget, e.g. gsm8k=160 mmlu=32")
     ap.add_argument("--table-only", action="store_true", help="summarise what is on disk and stop")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--latency-probe", type=int, metavar="N",
+                    help="time every run back to back on N items per benchmark, write latency.json, stop")
     a = ap.parse_args(argv)
+    mt = {k: int(v) for k, v in (x.split("=", 1) for x in a.max_tokens)}
+    if a.latency_probe:
+        res = [latency_probe(b, a.runs, config=a.config, n=a.latency_probe, seed=a.seed, max_tokens=mt.get(b))
+               for b in a.benchmarks]
+        Path(a.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(a.out_dir) / "latency.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+        print(json.dumps(res, indent=2))
+        return 0
     if a.table_only:
         rows = table(a.out_dir)
+        write_table(Path(a.out_dir), rows)
     else:
-        mt = {k: int(v) for k, v in (x.split("=", 1) for x in a.max_tokens)}
         rows = compare(a.benchmarks, a.runs, config=a.config, limit=a.limit, seed=a.seed,
                        out_dir=a.out_dir, max_tokens=mt, progress=not a.no_progress)
     print(render(rows, paired(a.out_dir)))
