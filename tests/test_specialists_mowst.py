@@ -136,3 +136,43 @@ def test_save_load_round_trip(tmp_path, cora, fitted):
         Mowst.load(tmp_path / "bad.pt")
     with pytest.raises(ComposerError, match="not found"):
         Mowst.load(tmp_path / "missing.pt")
+
+
+def test_sign_test_p_values():
+    from composer.specialists.mowst import sign_test_p
+
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(2, 2) == 1.0 and sign_test_p(1, 3) == 1.0
+    assert sign_test_p(1, 0) == 0.5 and sign_test_p(3, 0) == 0.125
+    assert sign_test_p(4, 1) == pytest.approx(6 / 32)  # P(X >= 4), X ~ Bin(5, 1/2)
+
+
+def test_threshold_needs_evidence_to_give_the_mlp_nodes():
+    from composer.specialists.mowst import _best_threshold
+
+    conf = np.array([0.99, 0.98, 0.2, 0.1, 0.1, 0.1])
+    gnn_ok = np.array([False, True, True, True, False, True])
+    mlp_ok = np.array([True, True, False, False, False, False])
+    # The MLP wins one node among its confident ones: a gain of 1/6 on validation.
+    acc, tau = _best_threshold(conf, mlp_ok, gnn_ok, "auto", evidence=1.0)
+    assert 0.2 < tau <= 0.99 and acc == pytest.approx(5 / 6)  # confident nodes only
+    # One node is no evidence at p <= 0.05: every node goes to the GNN.
+    acc, tau = _best_threshold(conf, mlp_ok, gnn_ok, "auto", evidence=0.05)
+    assert tau == 1.01 and acc == pytest.approx(4 / 6)
+    # A fixed threshold is taken as given.
+    assert _best_threshold(conf, mlp_ok, gnn_ok, 0.5, evidence=0.05)[1] == 0.5
+
+
+def test_distilled_weak_expert_learns_from_the_gnn(cora, fitted):
+    # Real Cora, short training: the MLP distilled from the GNN's predictions on all nodes (it
+    # still sees only each node's own features) is far better than the MLP trained on 140 labels.
+    val = fitted.alone_val_
+    assert set(val) == {"gnn", "mlp", "mlp_distilled"}
+    assert val["mlp_distilled"] > val["mlp"] + 0.05
+    plain = Mowst(graph=cora, seed=0, weak="plain", **SHORT).fit(cora.train_idx, X_val=cora.val_idx)
+    assert "mlp_distilled" not in plain.alone_val_
+    with pytest.raises(ValueError, match="weak"):
+        Mowst(graph=cora, weak="teacher").fit(cora.train_idx)
+    with pytest.raises(ValueError, match="pretrain"):
+        Mowst(graph=cora, pretrain="none").fit(cora.train_idx)
+    with pytest.raises(ValueError, match="evidence"):
+        Mowst(graph=cora, evidence=2).fit(cora.train_idx)

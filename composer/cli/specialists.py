@@ -39,6 +39,8 @@ def train(
     confidence: str = typer.Option("variance", help="mowst: dispersion, variance or entropy."),
     epochs: int = typer.Option(100, help="mowst: max epochs per alternating turn."),
     pretrain_epochs: int = typer.Option(200, help="mowst: epochs of the experts' pre-training."),
+    weak: str = typer.Option("distilled", help="mowst: weak expert, distilled (from the GNN) or plain (labels only)."),
+    rounds: int = typer.Option(3, help="mowst: alternating weak/strong rounds on the Mowst loss."),
     penalty: str = typer.Option("dp", help="feamoe: fairness penalty, dp, eo or eopp."),
     weight: float = typer.Option(1.0, "--weight", help="feamoe: fairness penalty weight."),
     experts: int = typer.Option(2, "--experts", help="feamoe: initial number of experts."),
@@ -56,7 +58,7 @@ def train(
 
             g = D.load_planetoid(dataset, data)
             m = Mowst(graph=g, gnn=gnn, gate=gate, confidence=confidence, epochs=epochs,
-                      pretrain_epochs=pretrain_epochs, seed=seed).fit(g.train_idx, X_val=g.val_idx)
+                      pretrain_epochs=pretrain_epochs, weak=weak, rounds=rounds, seed=seed).fit(g.train_idx, X_val=g.val_idx)
             _, expert, _ = m.predict(g.test_idx, return_details=True)
             summary = {"val_acc": m.best_val_acc_, "test_acc": m.score(g.test_idx),
                        "test_gnn_share": float((expert == "gnn").mean()), "threshold": m.threshold_}
