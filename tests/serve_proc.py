@@ -30,6 +30,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
+def sigint_as_a_terminal_would() -> None:
+    """preexec_fn for children that a test Ctrl-Cs: a shell starts background jobs with SIGINT
+    ignored, the child would inherit that, and Python installs its KeyboardInterrupt handler only
+    when SIGINT is not ignored at start-up; restore the default so SIGINT means what it means at a
+    terminal wherever the suite runs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServerProc:
     def __init__(self, config: Path, keys: str, extra: list[str] | None = None, ready_s: float = 180):
         self.config, self.keys, self.extra, self.ready_s = config, keys, extra or [], ready_s

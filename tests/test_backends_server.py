@@ -15,6 +15,7 @@ from composer.backends import make_backend
 from composer.config import ExpertSpec, Generation
 from composer.errors import ExpertLoadError
 from composer.types import Query
+from serve_proc import sigint_as_a_terminal_would
 
 
 def alive(pid: int) -> bool:
@@ -104,7 +105,8 @@ def test_no_orphan_after_ctrl_c(tmp_path):
         print(b.pid, flush=True)
         time.sleep(120)
     """))
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=sigint_as_a_terminal_would)
     try:
         child = int(p.stdout.readline())
         assert alive(child)

@@ -26,6 +26,7 @@ from composer.config import parse_config
 from composer.executors import LocalExecutor
 from composer.scheduler import Scheduler, WorkItem
 from composer.types import Query
+from serve_proc import sigint_as_a_terminal_would
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -339,7 +340,8 @@ def test_ctrl_c_stops_every_actor_and_server(kind, request):
     if kind == "ray":
         ray = request.getfixturevalue("ray_session")
         args.append(ray.get_runtime_context().gcs_address)
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_a_terminal_would)
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY"), line + proc.stderr.read()[-2000:]
