@@ -40,7 +40,7 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
     rng = np.random.default_rng(0)
     queries = [queries[i] for i in rng.permutation(len(queries))[:need]]
     warm, single, batch = queries[:warmup], queries[warmup:warmup + n_single], queries[warmup + n_single:]
-    # no disk cache: every timed prompt is new; threads None keeps the Embedder's default (1)
+    # no disk cache: every timed prompt is new; threads None keeps the Embedder's default (all CPUs, <= 4)
     emb = Embedder(router.embedding_model, cache=False, **({} if threads is None else {"threads": threads}))
     router.use_embedder(emb)
     load_before = _load()
@@ -80,7 +80,9 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
                           "max_seq_length": emb.max_seq_length},
         "targets": {"single_p50_ms_max": 15.0, "batched_qps_min": 100.0},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
-                    "load_after": _load(), "torch_threads": emb.threads or _torch_threads()},
+                    "load_after": _load(), "torch_threads": emb.threads if emb.threads is not None else "auto",
+                    "thread_choices": {kind: {str(k): v["calls"] for k, v in per.items()}
+                                       for kind, per in emb.thread_stats.items()}},
     }
     res["meets"] = {"single_p50": res["single_query_ms"]["p50"] <= 15.0, "batched_qps": res["batched_qps"] >= 100.0}
     progress(f"router {router.name} (torch threads {res['machine']['torch_threads']}): single-query p50 {res['single_query_ms']['p50']:.1f} ms "
@@ -91,15 +93,6 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=1), encoding="utf-8")
     return res
-
-
-def _torch_threads() -> int | None:
-    try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
