@@ -57,6 +57,7 @@ class Embedder:
         self.threads = threads
         self._tuner: _ThreadTuner | None = None
         self._st = None
+        self._fast = None
         self._db: sqlite3.Connection | None = None
         self._memory: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -76,7 +77,46 @@ class Embedder:
             self._st = SentenceTransformer(str(path), device=self.device)
             if self.max_seq_length:
                 self._st.max_seq_length = self.max_seq_length
+            self._fast = self._fast_path()
         return self
+
+    def _fast_path(self):
+        """A direct tokenizer + transformer + mean-pool + normalise call for one text, used when
+        the model is exactly that pipeline (all-MiniLM-L6-v2 is) and gives the same vector as
+        sentence-transformers on a probe text; it skips ~1.5 ms of encode() bookkeeping per
+        routed query (10% of it on this CPU). None when the model is anything else."""
+        try:
+            import torch
+
+            mods = list(self._st)
+            names = [type(m).__name__ for m in mods]
+            if names[:2] != ["Transformer", "Pooling"] or names[2:] not in ([], ["Normalize"]):
+                return None
+            pooling = mods[1]
+            mode = getattr(pooling, "pooling_mode", None) or (
+                "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else None)
+            if mode != "mean" or getattr(pooling, "pooling_mode_cls_token", False):
+                return None
+            tok, model = self._st.tokenizer, mods[0].auto_model
+            limit = self._st.max_seq_length
+
+            def one(text: str) -> np.ndarray:
+                with torch.inference_mode():
+                    enc = tok([text], padding=True, truncation=True, max_length=limit,
+                              return_tensors="pt")
+                    h = model(**enc).last_hidden_state
+                    m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                    v = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=1)
+                return v.numpy().astype(np.float32)
+
+            probe = "Which planet is closest to the sun? Explain in one sentence."
+            ref = self._st.encode([probe], convert_to_numpy=True, normalize_embeddings=True,
+                                  show_progress_bar=False)
+            if np.abs(one(probe) - ref).max() > 1e-5:
+                return None
+            return one
+        except Exception:  # any surprise in a model's layout: the general path is always right
+            return None
 
     @property
     def model_id(self) -> str:
@@ -197,8 +237,11 @@ class Embedder:
             torch.set_num_threads(want)
         t0 = time.perf_counter()
         try:
-            v = self._st.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
+            if len(texts) == 1 and self._fast is not None:
+                v = self._fast(texts[0])
+            else:
+                v = self._st.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
         finally:
             if want != before:
                 torch.set_num_threads(before)

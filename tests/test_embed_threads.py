@@ -57,3 +57,12 @@ def test_tuned_and_fixed_threads_give_the_same_vectors(tmp_path):
     assert sum(v["calls"] for v in stats["batch"].values()) == 2  # two chunks were measured
     assert sum(v["calls"] for v in stats["single"].values()) == 6
     assert fixed.thread_stats == {}
+
+
+def test_single_text_fast_path_matches_sentence_transformers():
+    e = Embedder(cache=False, threads=1).load()
+    assert e._fast is not None  # all-MiniLM-L6-v2 is transformer + mean pooling + normalise
+    for text in ["hi", "What is 2+2?", "A long question " * 200]:  # the last is cut at 256 tokens
+        ref = e._st.encode([text], convert_to_numpy=True, normalize_embeddings=True,
+                           show_progress_bar=False)
+        assert np.abs(e._fast(text) - ref).max() < 1e-5
