@@ -1,6 +1,6 @@
 """Specialists eval: Mowst on Cora/CiteSeer; FEAMOE fairness, drift and Shapley on Adult/COMPAS.
 
-    python -m evals.specialists [--seeds 10] [--gnns gcn,sage] [--parts mowst,fairness,drift,shapley]
+    python -m evals.specialists [--seeds 10] [--gnns gcn,sage,gat,gin] [--parts mowst,fairness,drift,shapley]
                                 [--quick] [--out runs/specialists.json]
 
 Prints one table per part and writes everything measured to a JSON file. Single-threaded torch
@@ -270,7 +270,7 @@ def run_shapley(root=None, n_rows=1000, n_brute=20, n_kernel=50) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--gnns", default="gcn", help="comma-separated: gcn,sage")
+    ap.add_argument("--gnns", default="gcn", help="comma-separated: gcn,sage,gat,gin")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     ap.add_argument("--out", default="runs/specialists.json")

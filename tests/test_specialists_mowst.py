@@ -42,7 +42,7 @@ def test_unfitted_and_bad_params(cora):
         m.predict([0, 1])
     assert m.get_params()["gnn"] == "gcn" and not hasattr(m, "mlp_")  # __init__ only stores
     with pytest.raises(ValueError, match="gnn"):
-        Mowst(graph=cora, gnn="gat").fit(cora.train_idx)
+        Mowst(graph=cora, gnn="gnn9").fit(cora.train_idx)
     with pytest.raises(ValueError, match="graph"):
         Mowst().fit([0, 1])
 
@@ -85,7 +85,7 @@ def test_gnn_runs_only_on_the_needed_subgraph(tmp_path, cora, fitted):
     assert set(expert) == {"gnn"} and 5 <= m.last_subgraph_size_ < cora.num_nodes // 4
 
 
-@pytest.mark.parametrize("gnn", ["gcn", "sage"])
+@pytest.mark.parametrize("gnn", ["gcn", "sage", "gat", "gin"])
 def test_subgraph_inference_is_exact(cora, gnn):
     m = Mowst(graph=cora, gnn=gnn, pretrain_epochs=3, epochs=1, rounds=1).fit(cora.train_idx[:70])
     nodes = np.array([0, 5, 633, 1701, 2707])
@@ -94,7 +94,7 @@ def test_subgraph_inference_is_exact(cora, gnn):
     assert torch.allclose(sub, full, atol=1e-5)
 
 
-@pytest.mark.parametrize("gnn", ["gcn", "sage"])
+@pytest.mark.parametrize("gnn", ["gcn", "sage", "gin"])
 def test_first_layer_equals_the_pyg_layer_on_dense_input(cora, gnn):
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
@@ -107,6 +107,8 @@ def test_first_layer_equals_the_pyg_layer_on_dense_input(cora, gnn):
     ew = None
     if gnn == "gcn":
         ei, ew = gcn_norm(ei, None, cora.num_nodes, add_self_loops=True)
+    if gnn == "gin":
+        model.conv1.eps.data.fill_(0.3)  # a trained eps, not the initial 0
     ours = model.first_layer((_csr(cora.x), None), ei, ew)
     dense = torch.from_numpy(cora.x.toarray())
     ref = model.conv1(dense, ei, ew) if gnn == "gcn" else model.conv1(dense, ei)

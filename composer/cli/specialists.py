@@ -34,7 +34,7 @@ def train(
     kind: str = typer.Option(..., "--kind", help="mowst or feamoe."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="cora/citeseer (mowst); adult/compas/german (feamoe)."),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact path (.pt for mowst, .json for feamoe)."),
-    gnn: str = typer.Option("gcn", help="mowst: strong expert, gcn or sage."),
+    gnn: str = typer.Option("gcn", help="mowst: strong expert, gcn, sage, gat or gin."),
     gate: str = typer.Option("learned", help="mowst: confidence gate, learned, power or mlp."),
     confidence: str = typer.Option("variance", help="mowst: dispersion, variance or entropy."),
     epochs: int = typer.Option(100, help="mowst: max epochs per alternating turn."),
@@ -81,7 +81,7 @@ def train(
 @specialist_app.command("eval")
 def eval_(
     seeds: int = typer.Option(10, help="Mowst seeds per dataset and GNN."),
-    gnns: str = typer.Option("gcn", help="Comma-separated strong experts for Mowst (gcn,sage)."),
+    gnns: str = typer.Option("gcn", help="Comma-separated strong experts for Mowst (gcn,sage,gat,gin)."),
     parts: str = typer.Option("mowst,fairness,drift,shapley", help="Which parts to run."),
     quick: bool = typer.Option(False, "--quick", help="Small settings for a smoke run (numbers not comparable)."),
     out: Path = typer.Option(Path("runs/specialists.json"), "--out", "-o", help="JSON result file."),

@@ -1,7 +1,7 @@
 """Mowst: Mixture of weak & strong experts on graphs (Zeng, Lyu, Hu, Xia, Luo; ICLR 2024).
 
 A weak expert (an MLP on a node's own features) and a strong expert (a GNN from PyTorch
-Geometric: GCN or GraphSAGE) share each node. A confidence C in [0, 1] computed from the
+Geometric: GCN, GraphSAGE, GAT or GIN) share each node. A confidence C in [0, 1] computed from the
 *dispersion* of the MLP's softmax output decides, per node, how much the MLP is trusted:
 
     dispersion  D_var(p) = Var(p) / Var(one-hot)      (variance variant, in [0, 1])
@@ -53,7 +53,7 @@ import numpy as np
 from composer.errors import BadRequestError, ComposerError, NotFittedError
 from composer.specialists.mowst_nn import CONFIDENCES, _csr, _modules
 
-GNNS = ("gcn", "sage")
+GNNS = ("gcn", "sage", "gat", "gin")
 GATES = ("power", "learned", "mlp")
 WEAK = ("distilled", "plain")
 INFERENCE = ("threshold", "sample")

@@ -25,6 +25,24 @@ def _csr(matrix):
                                        torch.from_numpy(m.data.astype(np.float32)), size=m.shape)
 
 
+_DENSE: dict[int, tuple] = {}
+
+
+def _dense_rows(x):
+    """Dense copy of a sparse row set, kept while that tensor lives: a fit reuses its training
+    and validation subgraph rows every epoch, and densifying them each time dominated GAT/GIN."""
+    import weakref
+
+    hit = _DENSE.get(id(x))
+    if hit is not None and hit[0]() is x:
+        return hit[1]
+    for key in [k for k, (ref, _) in _DENSE.items() if ref() is None]:
+        del _DENSE[key]
+    dense = x.to_dense()
+    _DENSE[id(x)] = (weakref.ref(x), dense)
+    return dense
+
+
 def dispersion(logits, kind: str = "variance"):
     """Dispersion of softmax(logits) per row, scaled to [0, 1] (1 = one-hot, 0 = uniform)."""
     import math
@@ -45,14 +63,16 @@ def dispersion(logits, kind: str = "variance"):
 def _modules():
     """Build the torch module classes lazily (keeps `import composer.specialists` light).
 
-    Node features are sparse bag-of-words, so each model's first layer projects the sparse input
-    with its own PyG weights first and then aggregates in the hidden space: for GCN
+    Node features are sparse bag-of-words, so the MLP's, GCN's, GraphSAGE's and GIN's first layer projects
+    the sparse input with its own PyG weights first and then aggregates in the hidden space: for GCN
     A_hat (X W) + b, for GraphSAGE mean_j(X_j W_l) + b_l + X_i W_r. This is the same function as
-    GCNConv / SAGEConv on X (both are linear before the activation), without densifying X.
+    GCNConv / SAGEConv on X (both are linear before the activation), without densifying X; for GIN
+    nn((1 + eps) x_i + sum_j x_j) with the MLP's first Linear moved inside the sum (exact). GAT
+    runs PyG's GATConv on the dense rows of the subgraph.
     """
     import torch
     from torch import nn
-    from torch_geometric.nn import GCNConv, SAGEConv
+    from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 
     class SpMM(torch.autograd.Function):
         """X @ W.T for a sparse CSR X whose transpose is precomputed (fast weight gradient)."""
@@ -94,17 +114,40 @@ def _modules():
             if kind == "gcn":  # normalisation precomputed on the full graph: exact on subgraphs
                 self.conv1 = GCNConv(n_in, hidden, normalize=False, add_self_loops=False)
                 self.conv2 = GCNConv(hidden, n_out, normalize=False, add_self_loops=False)
-            else:
+            elif kind == "sage":
                 self.conv1, self.conv2 = SAGEConv(n_in, hidden), SAGEConv(hidden, n_out)
+            elif kind == "gat":  # 8 heads x hidden/8 channels, concatenated; one averaged head out
+                heads = 8
+                self.conv1 = GATConv(n_in, max(1, hidden // heads), heads=heads, dropout=dropout)
+                self.conv2 = GATConv(max(1, hidden // heads) * heads, n_out, heads=1, concat=False,
+                                     dropout=dropout)
+            elif kind == "gin":  # sum aggregation, a 2-layer MLP per layer (Xu et al. 2019)
+                self.conv1 = GINConv(nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(),
+                                                   nn.Linear(hidden, hidden)), train_eps=True)
+                self.conv2 = GINConv(nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
+                                                   nn.Linear(hidden, n_out)), train_eps=True)
+            else:
+                raise ValueError(f"unknown GNN '{kind}'; choose gcn, sage, gat or gin")
 
         def first_layer(self, xs, edge_index, edge_weight):
             c = self.conv1
             if self.kind == "gcn":
                 return c.propagate(edge_index, x=project(xs, c.lin.weight), edge_weight=edge_weight) + c.bias
+            if self.kind == "gin":  # nn((1+eps) x_i + sum_j x_j); its first Linear commutes with the sum
+                lin1 = c.nn[0]
+                p = project(xs, lin1.weight)
+                z = c.propagate(edge_index, x=(p, p)) + (1 + c.eps) * p + lin1.bias
+                return c.nn[2](c.nn[1](z))
             xl = project(xs, c.lin_l.weight)
             return c.propagate(edge_index, x=(xl, xl)) + c.lin_l.bias + project(xs, c.lin_r.weight)
 
         def forward(self, xs, edge_index, edge_weight):
+            if self.kind == "gat":
+                # PyG's GATConv as it is, on dense rows (Planetoid-sized: cheap to densify; the
+                # attention needs the projected features of both ends of every edge anyway).
+                x = _dense_rows(xs[0])
+                h = dropout(torch.relu(self.conv1(x, edge_index)), self.dropout, self.training)
+                return self.conv2(h, edge_index)
             h = torch.relu(self.first_layer(xs, edge_index, edge_weight))
             h = dropout(h, self.dropout, self.training)
             if self.kind == "gcn":
