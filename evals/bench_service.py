@@ -17,12 +17,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from composer.backends.server import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-service-key"
@@ -60,22 +60,12 @@ experts:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 class Server:
     """A `composer serve` subprocess on 127.0.0.1 that dies with this process."""
 
     def __init__(self, config: Path, extra: list[str] | None = None):
         self.config, self.extra = config, extra or []
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)
         self.proc = None
@@ -86,7 +76,7 @@ class Server:
         exe = str(Path(sys.executable).with_name("composer"))
         self.proc = subprocess.Popen([exe, "serve", "--config", str(self.config), "--port", str(self.port),
                                       "--max-inflight", "64", *self.extra], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=die_with_parent)
         for _ in range(360):
             if "ready on" in Path(self.log.name).read_text(errors="replace"):
                 return self

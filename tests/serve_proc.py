@@ -6,28 +6,18 @@ drain) at teardown, then killed if it has not exited in time. Waiting loops are 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from composer.backends.server import die_with_parent, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSER = str(Path(sys.executable).with_name("composer"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def sigint_as_a_terminal_would() -> None:
@@ -52,7 +42,7 @@ class ServerProc:
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "RAY_AUTH_MODE": "disabled"}
         cmd = [COMPOSER, "serve", "--config", str(self.config), "--port", str(self.port), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=REPO, preexec_fn=_die_with_parent)
+                                     env=env, cwd=REPO, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.ready_s
         while time.monotonic() < deadline:
             text = self.output()

@@ -65,7 +65,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # preexec_fn: runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
@@ -127,7 +127,7 @@ class ServerBackend(Backend):
         try:
             self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=die_with_parent)
         except OSError as exc:
             raise ExpertLoadError(f"cannot start server {cmd[0]!r}: {exc.strerror}", expert=self.name) from None
         _live.add(self)
