@@ -40,7 +40,7 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
     rng = np.random.default_rng(0)
     queries = [queries[i] for i in rng.permutation(len(queries))[:need]]
     warm, single, batch = queries[:warmup], queries[warmup:warmup + n_single], queries[warmup + n_single:]
-    # no disk cache: every timed prompt is new; threads None keeps the Embedder's default (all CPUs, <= 4)
+    # no disk cache: every timed prompt is new; threads None keeps the Embedder's default (tuned: 1 or all CPUs up to 4)
     emb = Embedder(router.embedding_model, cache=False, **({} if threads is None else {"threads": threads}))
     router.use_embedder(emb)
     load_before = _load()

@@ -159,7 +159,7 @@ def bench_router(
     n_single: int = typer.Option(100, help="Single-query calls to time."),
     n_batch: int = typer.Option(1024, help="Queries in the batched run."),
     batch_size: int = typer.Option(256, help="Queries per route() call in the batched run."),
-    threads: Optional[int] = typer.Option(None, help="Torch threads while embedding (default: the embedder's, every CPU up to 4; 1: best on a busy CPU; 0: torch's own)."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads while embedding (default: the embedder's, tuned by measurement between 1 and every CPU up to 4; 1: best on a busy CPU; 0: torch's own)."),
     out: Path = typer.Option(Path("runs/bench_router.json"), "--out", help="JSON file for the numbers."),
 ):
     """Routing overhead: p50 single-query latency and batched queries/s on fresh prompts."""
