@@ -21,7 +21,8 @@ from composer.config import ExpertSpec, PipelineSpec, RegistryConfig, load_confi
 from composer.errors import BadRequestError, RoutingError
 from composer.executors import LocalExecutor
 from composer.scheduler import Scheduler
-from composer.types import Answer, Query, RouteDecision
+from composer.runtime.events import EventSink
+from composer.types import Answer, Delta, Query, RouteDecision
 
 
 def _batched_stage(batcher):
@@ -68,6 +69,7 @@ class Composer:
         self._reliability = reliability  # composer.reliability.Reliability; default made on first use
         self._batcher = None  # composer.stream.StreamBatcher once stream_mode() is on (server)
         self._lock = threading.RLock()
+        self.events = EventSink()  # every load, unload, attempt, cancel... (composer/runtime/events.py)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kw) -> "Composer":
@@ -201,6 +203,9 @@ class Composer:
         if not qs:
             return []
         decisions = self.route(qs, expert=expert, pipeline=pipeline)
+        for q, d in zip(qs, decisions):
+            self.events.emit("route", query_id=q.id, pipeline=pipeline, experts=list(d.experts),
+                             reason=d.reason, router=d.router)
         if pipeline is not None:
             a = self.pipeline(pipeline).aggregator
             aggregator = make_aggregator(a.kind, a.expert, registry=self.expert_spec, **a.params)
@@ -214,6 +219,15 @@ class Composer:
             with self._lock:  # one batch at a time owns the executor's residency
                 run_stage = self.reliability.wrap(self.executor.run_stage, p_spec, self._pipelines)
                 answers = aggregator.run(qs, decisions, run_stage)
+        for a in answers:  # interim: stage events until the runtime emits them as they happen
+            for st in a.stages:
+                for ev in st.get("events", []) or st.get("batch", {}).get("events", []):
+                    self.events.emit(ev["event"], **{k: v for k, v in ev.items() if k != "event"})
+            for c in a.candidates:
+                self.events.emit("attempt", expert=c.expert, query_id=a.query_id, ok=c.ok,
+                                 error_kind=(c.metadata or {}).get("error_type"), seconds=c.usage.latency_s,
+                                 prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
+                                 cost=c.usage.cost)
         if len(answers) != len(qs):
             raise RuntimeError(f"aggregator '{aggregator.kind}' returned {len(answers)} answers for {len(qs)} queries")
         return answers
@@ -223,6 +237,38 @@ class Composer:
         """Answer one question. `generation` may set max_tokens, temperature, stop, seed."""
         q = question if isinstance(question, Query) else Query(question, **generation)
         return self.run([q], expert=expert, pipeline=pipeline)[0]
+
+    def run_work(self, work: list, upcoming: list[set[str]] | None = None):
+        """One scheduled stage of explicit (query, expert) calls, with the reliability policy:
+        `work` is a list of composer.scheduler.WorkItem; returns a StageResult whose candidates
+        are aligned with `work` (e.g. every expert on every prompt, for `composer collect`)."""
+        if self._batcher is not None:
+            return self.reliability.wrap(_batched_stage(self._batcher))(list(work), upcoming)
+        with self._lock:
+            return self.reliability.wrap(self.executor.run_stage)(list(work), upcoming)
+
+    def stream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
+        """Answer one question as it is generated: yields Delta objects (text pieces, tool-call
+        deltas, the finish reason) and, last, the finished Answer (usage, route, stages)."""
+        q = question if isinstance(question, Query) else Query(question)
+        answer = self.run([q], expert=expert, pipeline=pipeline)[0]
+        if answer.ok:
+            yield Delta(q.id, answer.experts[0] if answer.experts else "", answer.text,
+                        tool_calls=answer.tool_calls, finish_reason=answer.finish_reason or "stop")
+        yield answer
+
+    async def astream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
+        """`stream` for asyncio: an async generator of the same Delta objects, then the Answer.
+        Closing it early (client gone) cancels the generation."""
+        import asyncio  # noqa: PLC0415
+
+        items = await asyncio.to_thread(lambda: list(self.stream(question, expert=expert, pipeline=pipeline)))
+        for it in items:
+            yield it
+
+    def cancel(self, query_ids) -> None:
+        """Stop these queries wherever they are (queued, generating, waiting for a retry)."""
+        self.reliability.cancel(list(query_ids))
 
     def stream_mode(self, *, max_wait_s: float = 0.5, max_batch: int = 32):
         """Server mode: from now on concurrent `run` calls are batched by expert through one

@@ -38,6 +38,9 @@ class Query:
     seed: int | None = None
     payload: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Further OpenAI request fields the client set (top_p, presence_penalty, tools, tool_choice,
+    # response_format, logprobs, ...): passed to experts that support them, only when set.
+    params: dict[str, Any] = field(default_factory=dict)
 
     def chat_messages(self) -> list[dict[str, str]]:
         """The conversation to send to a chat model."""
@@ -97,6 +100,40 @@ class Usage:
         )
 
 
+@dataclass(frozen=True)
+class CallError:
+    """Why one expert call failed. `kind` is one of KINDS; `retryable` says whether the same
+    expert may succeed on a second try; `status` is the HTTP status a client should see."""
+
+    kind: str
+    message: str
+    retryable: bool = False
+    status: int = 502
+
+    KINDS = ("timeout", "rate_limit", "unavailable", "bad_request", "context_overflow", "cancelled",
+             "load", "over_budget", "exhausted", "error")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "retryable": self.retryable, "status": self.status}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CallError":
+        return cls(d["kind"], d.get("message", ""), bool(d.get("retryable", False)), int(d.get("status", 502)))
+
+
+@dataclass
+class Delta:
+    """A piece of an answer as it is generated (streaming). `text` is new content; `tool_calls`
+    holds OpenAI-shaped tool-call deltas; the last delta of a candidate carries `finish_reason`."""
+
+    query_id: str
+    expert: str
+    text: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
 @dataclass
 class Candidate:
     """One expert's output for one query. `error` is set (and `text` empty) when the call failed."""
@@ -109,6 +146,9 @@ class Candidate:
     score: float | None = None  # known only for replayed outcomes
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI shape: [{"id", "type": "function", "function": {...}}]
+    logprobs: dict[str, Any] | None = None  # OpenAI shape: {"content": [{"token", "logprob", "top_logprobs"}]}
+    call_error: "CallError | None" = None  # the typed error behind `error` (kind, retryable, status)
 
     @property
     def ok(self) -> bool:
@@ -117,12 +157,15 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["usage"] = self.usage.to_dict()
+        d["call_error"] = self.call_error.to_dict() if self.call_error else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Candidate":
         d = dict(d)
         d["usage"] = Usage.from_dict(d.get("usage") or {})
+        if d.get("call_error") is not None:
+            d["call_error"] = CallError.from_dict(d["call_error"])
         return cls(**d)
 
 
@@ -163,6 +206,10 @@ class Answer:
     route: RouteDecision | None = None
     stages: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
+    call_error: CallError | None = None  # the typed error of the failure behind `error`
 
     @property
     def ok(self) -> bool:
@@ -178,4 +225,8 @@ class Answer:
             "route": self.route.to_dict() if self.route else None,
             "stages": list(self.stages),
             "error": self.error,
+            "finish_reason": self.finish_reason,
+            "tool_calls": self.tool_calls,
+            "logprobs": self.logprobs,
+            "call_error": self.call_error.to_dict() if self.call_error else None,
         }

@@ -1,107 +1,23 @@
-"""`composer serve`: an OpenAI-compatible endpoint as a Ray Serve app over the one Composer core.
+"""The endpoint's HTTP logic, independent of Ray Serve's decorators (composer/serve/app.py wraps it).
 
-Routes (FastAPI ingress in one Ray Serve deployment that owns a Composer in stream mode, so
-requests arriving together are batched by expert through composer.stream.StreamBatcher):
-
-- POST /v1/chat/completions  OpenAI schema; `model` is a pipeline or an expert; `stream: true`
-                             answers with server-sent events; `usage` always filled in
-- GET  /v1/models            pipelines and experts
-- POST /v1/route             the routing decision and its reason, without generating
-- POST /v1/predict           {task | specialist, payload} -> a specialist's prediction
-- GET  /metrics              Prometheus text: requests, latency, tokens, cost, loads, errors per expert
-- GET  /healthz, /readyz     liveness; readiness (config loaded, Ray up, not draining)
-
-Every route but the two probes needs `Authorization: Bearer <key>`; only SHA-256 digests of the
-keys reach the deployment, and no key is ever logged or echoed. Past `max_inflight` requests in
-the replica the answer is a fast 429 with Retry-After; while draining, 503 with Retry-After.
-A client disconnect cancels the request's queries (Reliability.cancel -> backend.cancel).
+It calls the core's public methods only (composer.core.Composer); nothing here reaches into the
+runtime, the reliability policy or the backends.
 """
 
 import asyncio
-import hashlib
 import hmac
 import math
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from functools import partial
 
 from composer.errors import BadRequestError, ComposerError
+from composer.serve.metrics import Metrics
+from composer.serve.options import ServeOptions, hash_key, scrub
 from composer.serve_schema import (BadRequest, ChatRequest, PredictRequest, RouteRequest, completion_body,
                                    error_body, new_request_id, parse_body, resolve_model, role_chunk, stream_chunks, sse,
                                    to_queries)
 from composer.types import Query
-
-_SECRETISH = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+|api[_-]?key[=:]\s*\S+)", re.I)
-
-
-@dataclass
-class ServeOptions:
-    """Knobs of the endpoint (the CLI's flags)."""
-
-    max_inflight: int = 64          # requests in the replica at once; more get 429 + Retry-After
-    max_n: int = 4                  # largest `n` accepted
-    drain_timeout_s: float = 30.0   # graceful shutdown waits this long for in-flight requests
-    batch_max_wait_s: float = 0.5   # StreamBatcher starvation bound
-    max_batch: int = 32
-    retry_after_s: int = 1
-    reliability: dict = field(default_factory=dict)  # Reliability keyword arguments
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def load_api_keys(env_value: str | None, key_file: str | None) -> list[str]:
-    """Keys from COMPOSER_API_KEYS (comma-separated) and/or a file (one per line, # comments)."""
-    keys = [k.strip() for k in (env_value or "").split(",") if k.strip()]
-    if key_file:
-        with open(key_file, encoding="utf-8") as f:
-            keys += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    return keys
-
-
-def scrub(text: str) -> str:
-    """Remove anything that looks like a credential from a message bound for a client or a log."""
-    return _SECRETISH.sub("[redacted]", text or "")
-
-
-class Metrics:
-    """Prometheus metrics in a registry of their own (no module globals)."""
-
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = r = CollectorRegistry()
-        self.requests = Counter("composer_requests", "HTTP requests", ["route", "model", "status"], registry=r)
-        self.latency = Histogram("composer_request_latency_seconds", "Request latency", ["route"], registry=r,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120))
-        self.tokens = Counter("composer_tokens", "Tokens per expert", ["expert", "kind"], registry=r)
-        self.cost = Counter("composer_cost_usd", "Cost in USD per expert", ["expert"], registry=r)
-        self.errors = Counter("composer_expert_errors", "Failed expert attempts", ["expert", "error_type"], registry=r)
-        self.answers = Counter("composer_expert_answers", "Answers per expert", ["expert"], registry=r)
-        self.rejected = Counter("composer_rejected", "Requests refused before running", ["reason"], registry=r)
-        self.cancelled = Counter("composer_cancelled", "Requests cancelled by client disconnect", registry=r)
-        self.inflight = Gauge("composer_inflight_requests", "Requests in the replica now", registry=r)
-        self.loads = Gauge("composer_expert_loads", "Loads of each expert so far", ["expert"], registry=r)
-        self.loaded = Gauge("composer_expert_loaded", "1 if the expert is loaded", ["expert"], registry=r)
-        self.stopped = Gauge("composer_expert_generations_cancelled",
-                             "Generations the backend stopped on cancel (backends with cancel())", ["expert"],
-                             registry=r)
-        self.available = Gauge("composer_expert_available", "0 while cooling down or busy", ["expert"], registry=r)
-
-    def record_answers(self, answers) -> None:
-        for a in answers:
-            for c in a.candidates:
-                for att in c.metadata.get("attempts", []):
-                    if not att.get("skipped"):
-                        self.errors.labels(att["expert"], att.get("error_type") or "error").inc()
-                if c.ok:
-                    self.answers.labels(c.expert).inc()
-                    self.tokens.labels(c.expert, "prompt").inc(c.usage.prompt_tokens)
-                    self.tokens.labels(c.expert, "completion").inc(c.usage.completion_tokens)
-                    self.cost.labels(c.expert).inc(c.usage.cost)
 
 
 class Service:
@@ -348,94 +264,3 @@ class Service:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | None = None):
-    """The Ray Serve application (bind it with serve.run)."""
-    from fastapi import FastAPI, Request
-    from ray import serve
-
-    options = options or ServeOptions()
-    api = FastAPI(title="composer", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @serve.deployment(name="composer", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                      max_ongoing_requests=options.max_inflight * 2 + 8, max_queued_requests=options.max_inflight,
-                      graceful_shutdown_timeout_s=options.drain_timeout_s, graceful_shutdown_wait_loop_s=0.5)
-    @serve.ingress(api)
-    class ComposerDeployment(Service):
-        def __init__(self, config_path: str, key_hashes: list[str], options: dict):
-            Service.__init__(self, config_path, key_hashes, ServeOptions(**options))
-
-        @api.post("/v1/chat/completions")
-        async def chat_route(self, request: Request):
-            return await self.chat(request)
-
-        @api.get("/v1/models")
-        async def models_route(self, request: Request):
-            return await self.models(request)
-
-        @api.post("/v1/route")
-        async def route_route(self, request: Request):
-            return await self.route(request)
-
-        @api.post("/v1/predict")
-        async def predict_route(self, request: Request):
-            return await self.predict(request)
-
-        @api.get("/metrics")
-        async def metrics_route(self, request: Request):
-            return await self.metrics_text(request)
-
-        @api.get("/healthz")
-        async def healthz_route(self):
-            return await self.healthz()
-
-        @api.get("/readyz")
-        async def readyz_route(self):
-            return await self.readyz()
-
-        def __del__(self):
-            self.close()
-
-    return ComposerDeployment.bind(config_path, key_hashes, asdict(options))
-
-
-def run_server(config_path: str, host: str, port: int, key_hashes: list[str], options: ServeOptions,
-               echo=print) -> int:
-    """Start Ray and the app, block until SIGTERM/SIGINT, drain, shut down. Returns an exit code."""
-    import os
-    import signal
-    import threading
-
-    import ray
-    from ray import serve
-
-    stop = threading.Event()
-    # Latency (measured by `composer bench service`; overridable): the proxy reaches the replica
-    # over gRPC, and the app and the proxy's router run on their process's main event loop.
-    for k, v in (("RAY_SERVE_PROXY_USE_GRPC", "1"), ("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "0"),
-                 ("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "0")):
-        os.environ.setdefault(k, v)
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "LITELLM_LOCAL_MODEL_COST_MAP", "COMPOSER_DATA",
-                                      "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
-                                      "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_PROXY_USE_GRPC",
-                                      "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP") if k in os.environ}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
-             runtime_env={"env_vars": env} if env else None, log_to_driver=False,
-             logging_level="WARNING")
-    try:
-        quiet = {"log_level": "WARNING", "enable_access_log": False}
-        serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
-        handle = serve.run(build_app(config_path, key_hashes, options), name="composer", route_prefix="/",
-                           blocking=False, logging_config=quiet)
-        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
-            signal.signal(sig, lambda *_: stop.set())
-        session = ray._private.worker._global_node.get_session_dir_path()  # noqa: SLF001 - log location
-        echo(f"composer serve: ready on http://{host}:{port}/v1 (config {config_path}; ray logs {session})")
-        while not stop.wait(0.5):
-            pass
-        echo("composer serve: draining in-flight requests ...")
-        res = handle.drain.remote(options.drain_timeout_s).result(timeout_s=options.drain_timeout_s + 10)
-        echo(f"composer serve: drained={res['drained']} inflight={res['inflight']}; stopping")
-        serve.shutdown()
-        return 0 if res["drained"] else 1
-    finally:
-        ray.shutdown()
