@@ -1,24 +1,63 @@
 """Logs, traces and metrics, fed by the runtime's event sink (composer/runtime/events.py).
 
     configure_logging(fmt="text" | "json", level="INFO", log_prompts=False)   # the CLI calls this
-    attach(composer)   # subscribe logs (and traces/metrics when enabled) to composer.events
+    detach = attach(composer)   # logs always; traces when the OTEL_* variables ask for them
+    attach(composer, metrics=m) # also the endpoint's Prometheus metrics (composer/serve/metrics.py)
+
+Every observer is a subscriber of `composer.events`; none reads the runtime's private state.
+See docs/observability.md.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+from typing import Callable
+
+from composer.observability.logs import LogSubscriber, configure as _configure
+
+__all__ = ["attach", "configure_logging"]
+
+log = logging.getLogger("composer.observability")
 
 
 def configure_logging(fmt: str = "text", level: str = "INFO", log_prompts: bool = False) -> None:
-    """Set up the `composer` logger. `fmt` is "text" or "json"; prompts and keys are never
-    logged unless `log_prompts`."""
-    logger = logging.getLogger("composer")
-    logger.setLevel(level.upper())
-    if not logger.handlers:
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(h)
+    """Set up the `composer` logger (stderr). `fmt` is "text" or "json" (one JSON object per
+    line); credentials are never logged, prompts only when `log_prompts`."""
+    _configure(fmt, level, log_prompts)
 
 
-def attach(composer) -> None:
-    """Subscribe this process's log/trace/metric observers to `composer.events`."""
+def attach(composer, *, metrics=None, tracer_provider=None) -> Callable[[], None]:
+    """Subscribe this process's observers to `composer.events`: the log lines always, an
+    OpenTelemetry trace per request when `tracer_provider` is given or the OTEL_* variables turn
+    tracing on, and `metrics.observe` when `metrics` (a composer.serve.metrics.Metrics) is given.
+    Returns a function that unsubscribes them and writes any trace still open."""
+    from composer.observability.traces import TraceSubscriber, provider_from_env
+
+    unsubs = [composer.events.subscribe(LogSubscriber())]
+    if metrics is not None:
+        unsubs.append(composer.events.subscribe(metrics.observe))
+    owned = tracer_provider is None
+    provider = tracer_provider if tracer_provider is not None else provider_from_env()
+    traces = None
+    if provider is not None:
+        traces = TraceSubscriber(provider, experts=composer.experts)
+        unsubs.append(composer.events.subscribe(traces))
+        log.info("tracing on: one trace per request (%s)", "OTEL_* environment" if owned else "given provider")
+
+    done = []
+
+    def detach() -> None:
+        if done:
+            return
+        done.append(True)
+        for u in unsubs:
+            u()
+        if traces is not None:
+            traces.flush()
+            if owned:
+                provider.shutdown()  # flushes the batch processor's exporter
+        atexit.unregister(detach)
+
+    atexit.register(detach)  # the CLI's one-shot commands end before an idle trace would be written
+    return detach
