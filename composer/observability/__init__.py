@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import weakref
 from typing import Callable
 
 from composer.observability.logs import LogSubscriber, configure as _configure
@@ -19,6 +20,7 @@ from composer.observability.logs import LogSubscriber, configure as _configure
 __all__ = ["attach", "configure_logging"]
 
 log = logging.getLogger("composer.observability")
+_attached: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # composer -> its detach
 
 
 def configure_logging(fmt: str = "text", level: str = "INFO", log_prompts: bool = False) -> None:
@@ -31,9 +33,21 @@ def attach(composer, *, metrics=None, tracer_provider=None) -> Callable[[], None
     """Subscribe this process's observers to `composer.events`: the log lines always, an
     OpenTelemetry trace per request when `tracer_provider` is given or the OTEL_* variables turn
     tracing on, and `metrics.observe` when `metrics` (a composer.serve.metrics.Metrics) is given.
-    Returns a function that unsubscribes them and writes any trace still open."""
+    Returns a function that unsubscribes them and writes any trace still open. A second call for
+    the same Composer adds only its `metrics` (logs and traces are attached once)."""
     from composer.observability.traces import TraceSubscriber, provider_from_env
 
+    if composer in _attached:
+        if metrics is None:
+            return _attached[composer]
+        unsub = composer.events.subscribe(metrics.observe)
+        first = _attached[composer]
+
+        def both() -> None:
+            unsub()
+            first()
+
+        return both
     unsubs = [composer.events.subscribe(LogSubscriber())]
     if metrics is not None:
         unsubs.append(composer.events.subscribe(metrics.observe))
@@ -51,13 +65,16 @@ def attach(composer, *, metrics=None, tracer_provider=None) -> Callable[[], None
         if done:
             return
         done.append(True)
+        _attached.pop(composer, None)
         for u in unsubs:
             u()
         if traces is not None:
             traces.flush()
             if owned:
                 provider.shutdown()  # flushes the batch processor's exporter
-        atexit.unregister(detach)
+            atexit.unregister(detach)
 
-    atexit.register(detach)  # the CLI's one-shot commands end before an idle trace would be written
+    _attached[composer] = detach
+    if traces is not None:
+        atexit.register(detach)  # the CLI's one-shot commands end before an idle trace would be written
     return detach

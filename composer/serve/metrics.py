@@ -21,6 +21,27 @@ _LOAD_BUCKETS = (.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+def replica_id() -> str:
+    """This ingress replica's name: $COMPOSER_REPLICA, else Ray Serve's replica id when running in
+    a replica, else host:pid."""
+    import os
+    import socket
+    import sys
+
+    if os.environ.get("COMPOSER_REPLICA"):
+        return os.environ["COMPOSER_REPLICA"]
+    if "ray.serve" in sys.modules:  # only look when Ray Serve is already in use
+        try:
+            from ray import serve
+
+            ctx = serve.get_replica_context()
+            rid = getattr(ctx, "replica_id", None)
+            return str(getattr(rid, "unique_id", None) or rid or ctx.replica_tag)
+        except Exception:  # noqa: BLE001 - not inside a replica
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class _ReplicaLabelled:
     """A collector that re-exports another registry's samples with a `replica` label added, so
     several ingress replicas scraped behind one address stay distinct series."""

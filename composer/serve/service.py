@@ -1,23 +1,38 @@
 """The endpoint's HTTP logic, independent of Ray Serve's decorators (composer/serve/app.py wraps it).
 
 It calls the core's public methods only (composer.core.Composer); nothing here reaches into the
-runtime, the reliability policy or the backends.
+runtime, the reliability policy or the backends. Every error is an OpenAI error object
+({"error": {message, type, param, code}}); bad input of any shape is a 4xx, never a 500.
+Every answer carries where it went in headers: `x-composer-experts`, `x-composer-route-reason`
+(and `x-composer-dropped-params` / `x-composer-ignored-fields` when fields were not used).
 """
 
 import asyncio
 import hmac
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from composer.errors import BadRequestError, ComposerError
-from composer.serve.metrics import Metrics
+from composer.serve.bodies import ChunkWriter, completion_body, embeddings_body, error_body, text_completion_body
+from composer.serve.metrics import Metrics, replica_id
 from composer.serve.options import ServeOptions, hash_key, scrub
-from composer.serve_schema import (BadRequest, ChatRequest, PredictRequest, RouteRequest, completion_body,
-                                   error_body, new_request_id, parse_body, resolve_model, role_chunk, stream_chunks, sse,
+from composer.serve.streaming import sse_events
+from composer.serve_schema import (BadRequest, ChatRequest, CompletionRequest, EmbeddingRequest, PredictRequest,
+                                   RouteRequest, completion_queries, new_request_id, parse_body, resolve_model,
                                    to_queries)
 from composer.types import Query
+
+log = logging.getLogger("composer.serve")
+EMBEDDING_MODELS = ("all-minilm-l6-v2", "embedded:all-minilm-l6-v2")
+
+
+def header_value(text: str, limit: int = 512) -> str:
+    """A string safe for an HTTP header: printable ASCII, one line, bounded."""
+    clean = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text.replace("\n", " "))
+    return clean[:limit]
 
 
 class Service:
@@ -39,10 +54,12 @@ class Service:
         policy.get_backend = self.composer.backend
         self.composer.stream_mode(max_wait_s=options.batch_max_wait_s, max_batch=options.max_batch)
         self.pool = ThreadPoolExecutor(max_workers=options.max_inflight + 4, thread_name_prefix="composer-req")
-        self.metrics = Metrics()
+        self.metrics = Metrics(replica=replica_id())
+        self.composer.events.subscribe(self.metrics.observe)  # routes, loads, attempts, batches...
         self.inflight = 0
         self.draining = False
         self.started = time.time()
+        self._embedder = None
 
     # -- plumbing ---------------------------------------------------------------------------
     def authorized(self, request) -> bool:
@@ -63,6 +80,10 @@ class Service:
         self.metrics.requests.labels(route, model, str(status)).inc()
         return JSONResponse(error_body(message, type_=type_, param=param, code=code),
                             status_code=status, headers=headers)
+
+    def bad(self, exc: BadRequest, route: str):
+        type_ = "invalid_request_error" if exc.status < 500 else "server_error"
+        return self.error(exc.status, exc.message, route=route, param=exc.param, code=exc.code, type_=type_)
 
     def gate(self, request, route: str, admit: bool = False):
         """Auth, drain and (with `admit`) queue-limit checks; a response to send at once, or None."""
@@ -85,12 +106,11 @@ class Service:
         loop = asyncio.get_running_loop()
         ids = [q.id for q in queries]
         fut = loop.run_in_executor(self.pool, partial(self.composer.run, queries, expert=expert, pipeline=pipeline))
-        fut.add_done_callback(lambda _f: self.composer.reliability.forget(ids))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
             self.metrics.cancelled.inc()
-            self.composer.reliability.cancel(ids)
+            self.composer.cancel(ids)
             raise
 
     def failure(self, answers):
@@ -99,46 +119,98 @@ class Service:
         if not bad:
             return None
         a = bad[0]
-        types = {c.metadata.get("error_type") for c in a.candidates}
-        if types & {"bad_request", "context_overflow"}:
-            return 400, a.error, "context_length_exceeded" if "context_overflow" in types else "expert_rejected", None
+        kinds = {c.call_error.kind for c in a.candidates if c.call_error is not None}
+        kinds |= {c.metadata.get("error_type") for c in a.candidates}
+        if a.call_error is not None:
+            kinds.add(a.call_error.kind)
+        if kinds & {"bad_request", "context_overflow"}:
+            return 400, scrub(a.error), "context_length_exceeded" if "context_overflow" in kinds else "expert_rejected", None
         wait = max(self.options.retry_after_s, math.ceil(self.composer.reliability.retry_after_s()))
-        return 503, a.error, "expert_unavailable", wait
+        return 503, scrub(a.error), "expert_unavailable", wait
 
-    # -- routes -----------------------------------------------------------------------------
-    async def chat(self, request):
+    def route_headers(self, plan, answers=None, decisions=None) -> dict:
+        if answers is not None:
+            experts = list(dict.fromkeys(e for a in answers for e in a.experts))
+            reasons = [a.route.reason for a in answers if a.route is not None]
+        else:
+            experts = list(dict.fromkeys(e for d in decisions or [] for e in d.experts))
+            reasons = [d.reason for d in decisions or []]
+        h = {"x-composer-experts": header_value(",".join(experts)),
+             "x-composer-route-reason": header_value(reasons[0] if reasons else "")}
+        if plan.target.pipeline:
+            h["x-composer-pipeline"] = header_value(plan.target.pipeline)
+        if plan.dropped:
+            h["x-composer-dropped-params"] = header_value(",".join(plan.dropped))
+            log.warning("request fields dropped (an expert cannot honour them): %s", ", ".join(plan.dropped))
+        if plan.ignored:
+            h["x-composer-ignored-fields"] = header_value(",".join(plan.ignored))
+            log.warning("unknown request fields ignored: %s", ", ".join(plan.ignored)[:300])
+        return h
+
+    async def _generate(self, request, route: str, rid: str, req, plan, body_of, text_completion=False,
+                        prefixes=None):
+        """Answer a planned request: JSON, or server-sent events when `stream` is set."""
         from fastapi.responses import JSONResponse, StreamingResponse
 
-        route, t0 = "/v1/chat/completions", time.perf_counter()
+        t = plan.target
+        if req.stream:
+            loop = asyncio.get_running_loop()
+            decisions = await loop.run_in_executor(self.pool, partial(
+                self.composer.route, plan.queries[:1], expert=t.expert, pipeline=t.pipeline))
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            writer = ChunkWriter(rid, req.model, text_completion=text_completion)
+
+            def on_answers(answers):
+                self.metrics.record_answers(answers)
+                fail = self.failure(answers)
+                self.metrics.requests.labels(route, req.model, str(fail[0]) if fail else "200").inc()
+
+            events = sse_events(self.composer, plan, writer, include_usage=include, failure=self.failure,
+                                on_answers=on_answers, prefixes=prefixes)
+            return StreamingResponse(self._counted(events, route), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                              **self.route_headers(plan, decisions=decisions)})
+        answers = await self.run(plan.queries, t.expert, t.pipeline)
+        self.metrics.record_answers(answers)
+        fail = self.failure(answers)
+        if fail is not None:
+            status, msg, code, wait = fail
+            return self.error(status, msg, route=route, model=req.model, code=code, retry_after=wait,
+                              type_="invalid_request_error" if status == 400 else "server_error")
+        self.metrics.requests.labels(route, req.model, "200").inc()
+        return JSONResponse(body_of(answers), headers=self.route_headers(plan, answers=answers))
+
+    async def _counted(self, events, route: str):
+        """The stream's events; the request stays in flight until the last one (or a disconnect)."""
+        t0 = time.perf_counter()
+        try:
+            async for ev in events:
+                yield ev
+        except asyncio.CancelledError:
+            self.metrics.cancelled.inc()
+            raise
+        finally:
+            await events.aclose()
+            self._done(route, t0)
+
+    async def _admitted(self, request, route: str, handler):
+        """Gate, count in flight, turn every refusal into an OpenAI error object."""
         gated = self.gate(request, route, admit=True)
         if gated is not None:
             return gated
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
-        streaming = False
+        t0, streaming = time.perf_counter(), False
         try:
-            req = parse_body(await request.body(), ChatRequest)
-            rid = new_request_id()
-            queries, expert, pipeline = to_queries(req, self.composer, self.options.max_n, rid)
-            if req.stream:
-                streaming = True
-                include = bool(req.stream_options and req.stream_options.include_usage)
-                return StreamingResponse(self._stream(rid, req.model, queries, expert, pipeline, include, t0),
-                                         media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            answers = await self.run(queries, expert, pipeline)
-            self.metrics.record_answers(answers)
-            fail = self.failure(answers)
-            if fail is not None:
-                status, msg, code, wait = fail
-                return self.error(status, scrub(msg), route=route, model=req.model, code=code, retry_after=wait,
-                                  type_="invalid_request_error" if status == 400 else "server_error")
-            self.metrics.requests.labels(route, req.model, "200").inc()
-            return JSONResponse(completion_body(rid, req.model, answers))
+            resp = await handler(await request.body())
+            streaming = resp.media_type == "text/event-stream"
+            return resp
         except BadRequest as exc:
-            return self.error(exc.status, exc.message, route=route, param=exc.param, code=exc.code)
+            return self.bad(exc, route)
         except (BadRequestError, ValueError) as exc:
-            return self.error(400, str(exc), route=route)
+            return self.error(400, scrub(str(exc)), route=route)
+        except ComposerError as exc:
+            return self.error(400, scrub(str(exc)), route=route, code="routing_error")
         finally:
             if not streaming:
                 self._done(route, t0)
@@ -148,38 +220,116 @@ class Service:
         self.metrics.inflight.set(self.inflight)
         self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
-    async def _stream(self, rid, model, queries, expert, pipeline, include_usage, t0):
+    # -- generation routes ------------------------------------------------------------------
+    async def chat(self, request):
         route = "/v1/chat/completions"
-        created = int(time.time())
-        try:
-            yield role_chunk(rid, model, created)  # at once: the client sees the stream open
-            answers = await self.run(queries, expert, pipeline)
-            self.metrics.record_answers(answers)
-            fail = self.failure(answers)
-            if fail is not None:
-                status, msg, code, _ = fail
-                self.metrics.requests.labels(route, model, str(status)).inc()
-                yield sse(error_body(scrub(msg), type_="server_error" if status >= 500 else "invalid_request_error",
-                                     code=code))
-                yield b"data: [DONE]\n\n"
-                return
-            self.metrics.requests.labels(route, model, "200").inc()
-            for piece in stream_chunks(rid, model, answers, include_usage, created):
-                yield piece
-        finally:
-            self._done(route, t0)
+
+        async def handle(raw: bytes):
+            req = parse_body(raw, ChatRequest)
+            rid = new_request_id()
+            plan = to_queries(req, self.composer, self.options.max_n, rid)
+            return await self._generate(request, route, rid, req, plan,
+                                        lambda answers: completion_body(rid, req.model, answers))
+
+        return await self._admitted(request, route, handle)
+
+    async def completions(self, request):
+        route = "/v1/completions"
+
+        async def handle(raw: bytes):
+            req = parse_body(raw, CompletionRequest)
+            rid = new_request_id("cmpl")
+            plan = completion_queries(req, self.composer, self.options.max_n, rid)
+            prompts = req.prompts()
+            prefixes = [prompts[i // req.n] for i in range(len(plan.queries))] if req.echo else None
+            return await self._generate(
+                request, route, rid, req, plan,
+                lambda answers: text_completion_body(rid, req.model, answers, prompts, req.n, req.echo),
+                text_completion=True, prefixes=prefixes)
+
+        return await self._admitted(request, route, handle)
+
+    async def embeddings(self, request):
+        route = "/v1/embeddings"
+
+        async def handle(raw: bytes):
+            from fastapi.responses import JSONResponse
+
+            req = parse_body(raw, EmbeddingRequest)
+            if req.model not in EMBEDDING_MODELS:
+                raise BadRequest(f"The model '{req.model}' does not exist or does not embed; embedding models: "
+                                 f"{', '.join(EMBEDDING_MODELS)}", param="model", status=404, code="model_not_found")
+            texts = req.texts()
+            if not texts or len(texts) > 2048:
+                raise BadRequest("'input' needs 1 to 2048 texts", param="input")
+            for i, t in enumerate(texts):
+                if not t:
+                    raise BadRequest(f"input[{i}] is empty", param=f"input[{i}]")
+            loop = asyncio.get_running_loop()
+            vectors, tokens = await loop.run_in_executor(self.pool, partial(self._embed, texts))
+            if req.dimensions is not None and req.dimensions != vectors.shape[1]:
+                raise BadRequest(f"model '{req.model}' has {vectors.shape[1]} dimensions; 'dimensions' can only "
+                                 f"be {vectors.shape[1]}", param="dimensions")
+            self.metrics.requests.labels(route, req.model, "200").inc()
+            return JSONResponse(embeddings_body(req.model, vectors, tokens, req.encoding_format))
+
+        return await self._admitted(request, route, handle)
+
+    def _embed(self, texts: list[str]):
+        """The routers' sentence embedder (routers/embed.py): vectors and the tokens read."""
+        from routers.embed import DEFAULT_EMBEDDING, Embedder
+
+        if self._embedder is None:
+            self._embedder = Embedder(DEFAULT_EMBEDDING, cache=False).load()
+        vectors = self._embedder.encode(texts, use_cache=False)
+        tok = getattr(getattr(self._embedder, "_st", None), "tokenizer", None)
+        tokens = sum(len(tok(t)["input_ids"]) for t in texts) if tok is not None else sum(len(t.split()) for t in texts)
+        return vectors, tokens
+
+    # -- registry routes --------------------------------------------------------------------
+    def model_entries(self) -> list[dict]:
+        from composer.backends.model_info import describe
+
+        now = int(self.started)
+        base = {"object": "model", "created": now, "owned_by": "composer"}
+        specs = self.composer.experts
+        data = []
+        for n, p in self.composer.pipelines.items():
+            pool = list(p.experts or specs)
+            infos = [describe(specs[e]) for e in pool]
+            data.append({"id": n, **base, "kind": "pipeline", "experts": pool, "router": p.router,
+                         "aggregator": p.aggregator.kind,
+                         "context_length": max(i["context_length"] for i in infos)})
+        for n, e in specs.items():
+            data.append({"id": n, **base, "kind": "expert", "backend": e.backend, **describe(e)})
+        data.append({"id": EMBEDDING_MODELS[0], **base, "kind": "embedding", "aliases": list(EMBEDDING_MODELS[1:])})
+        return data
 
     async def models(self, request):
         gated = self.gate(request, "/v1/models")
         if gated is not None:
             return gated
-        now = int(self.started)
-        data = [{"id": n, "object": "model", "created": now, "owned_by": "composer", "kind": "pipeline",
-                 "experts": list(p.experts)} for n, p in self.composer.pipelines.items()]
-        data += [{"id": n, "object": "model", "created": now, "owned_by": "composer", "kind": "expert",
-                  "backend": e.backend, "context_length": e.context_length} for n, e in self.composer.experts.items()]
         self.metrics.requests.labels("/v1/models", "", "200").inc()
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": self.model_entries()}
+
+    async def model(self, request, model_id: str):
+        route = "/v1/models/{id}"
+        gated = self.gate(request, route)
+        if gated is not None:
+            return gated
+        entries = {m["id"]: m for m in self.model_entries()}
+        entry = entries.get(model_id) or (entries[EMBEDDING_MODELS[0]] if model_id in EMBEDDING_MODELS else None)
+        if entry is None:
+            try:
+                t = resolve_model(self.composer, model_id)  # `default`, router-<pipeline>-<threshold>
+            except BadRequest as exc:
+                return self.bad(exc, route)
+            name = t.pipeline or t.expert or t.experts[0]
+            entry = {**entries[name], "id": model_id, "resolves_to": name}
+            if t.threshold is not None:
+                entry["threshold"] = t.threshold
+        self.metrics.requests.labels(route, "", "200").inc()
+        return entry
 
     async def route(self, request):
         route = "/v1/route"
@@ -188,18 +338,20 @@ class Service:
             return gated
         try:
             req = parse_body(await request.body(), RouteRequest)
-            expert, pipeline, _ = resolve_model(self.composer, req.model)
+            t = resolve_model(self.composer, req.model)
             texts = req.texts()
-            if not texts or not all(t.strip() for t in texts):
+            if not texts or not all(x.strip() for x in texts):
                 raise BadRequest("give 'input' (a string or a list) or 'messages' with a user message",
                                  param="input")
+            meta = {"threshold": t.threshold} if t.threshold is not None else {}
             loop = asyncio.get_running_loop()
             decisions = await loop.run_in_executor(self.pool, partial(
-                self.composer.route, [Query(t, task=req.task) for t in texts], expert=expert, pipeline=pipeline))
+                self.composer.route, [Query(x, task=req.task, metadata=dict(meta)) for x in texts],
+                expert=t.expert, pipeline=t.pipeline))
         except BadRequest as exc:
-            return self.error(exc.status, exc.message, route=route, param=exc.param, code=exc.code)
+            return self.bad(exc, route)
         except ComposerError as exc:
-            return self.error(400, str(exc), route=route)
+            return self.error(400, scrub(str(exc)), route=route)
         self.metrics.requests.labels(route, req.model, "200").inc()
         return {"object": "route", "model": req.model, "decisions": [d.to_dict() for d in decisions]}
 
@@ -216,11 +368,15 @@ class Service:
             out = await loop.run_in_executor(self.pool, partial(self.composer.predict, req.payload,
                                                                 task=req.task, specialist=req.specialist))
         except BadRequest as exc:
-            return self.error(exc.status, exc.message, route=route, param=exc.param, code=exc.code)
-        except (ComposerError, ValueError, KeyError) as exc:
-            return self.error(400, f"{type(exc).__name__}: {exc}", route=route)
+            return self.bad(exc, route)
+        except (ComposerError, ValueError, KeyError, TypeError, IndexError) as exc:
+            return self.error(400, scrub(f"{type(exc).__name__}: {exc}"), route=route)
         self.metrics.requests.labels(route, req.task or req.specialist or "", "200").inc()
         return {"object": "prediction", **out}
+
+    async def openapi(self, request, schema: dict):
+        gated = self.gate(request, "/openapi.json")
+        return gated if gated is not None else schema
 
     async def metrics_text(self, request):
         from fastapi.responses import PlainTextResponse
@@ -229,13 +385,7 @@ class Service:
         gated = self.gate(request, "/metrics")
         if gated is not None:
             return gated
-        health = self.composer.reliability.status()
-        for name in self.composer.experts:
-            b = self.composer.backend(name)
-            self.metrics.loads.labels(name).set(b.load_count)
-            self.metrics.loaded.labels(name).set(int(b.is_loaded))
-            self.metrics.available.labels(name).set(int(health.get(name, {}).get("available", True)))
-            self.metrics.stopped.labels(name).set(getattr(b, "cancelled_queries", 0))
+        self.metrics.refresh(self.composer)
         return PlainTextResponse(generate_latest(self.metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(self):
@@ -262,5 +412,3 @@ class Service:
     def close(self) -> None:
         self.composer.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-

@@ -1,0 +1,183 @@
+"""OpenTelemetry traces built from composer.events, checked with the SDK's in-memory exporter on
+real Composers over the fake-backend registries (a slow load, a failing load, a flaky expert)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (pip install opentelemetry-sdk)")
+
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+from composer.core import Composer  # noqa: E402
+from composer.observability import attach  # noqa: E402
+from composer.observability.traces import TraceSubscriber, TracingUnavailable, provider_from_env, tracing_requested  # noqa: E402
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+@pytest.fixture
+def memory():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def by_trace(spans) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for s in spans:
+        out.setdefault(s.context.trace_id, []).append(s)
+    return out
+
+
+def children(spans, parent) -> list:
+    return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+
+def test_one_trace_per_query_request_route_stage_call(memory):
+    provider, exporter = memory
+    c = Composer.from_yaml(CONFIGS / "fake.yaml")
+    detach = attach(c, tracer_provider=provider)
+    try:
+        answers = c.run(["first question here", "second"], pipeline="both")
+    finally:
+        detach()  # writes the traces still open
+        c.close()
+    assert all(a.ok for a in answers)
+    traces = by_trace(exporter.get_finished_spans())
+    assert len(traces) == 2
+    for spans in traces.values():
+        root = [s for s in spans if s.parent is None]
+        assert len(root) == 1 and root[0].name == "composer.request" and root[0].kind == SpanKind.SERVER
+        root = root[0]
+        assert root.attributes["gen_ai.request.model"] == "both"
+        route = [s for s in children(spans, root) if s.name == "composer.route"]
+        assert len(route) == 1 and list(route[0].attributes["composer.route.experts"]) == ["fast", "slow"]
+        qid = route[0].attributes["composer.query_id"]
+        answer = next(a for a in answers if a.query_id == qid)
+        stages = [s for s in children(spans, root) if s.name.startswith("composer.stage")]
+        assert stages
+        calls = [s for st in stages for s in children(spans, st)]
+        assert sorted(s.attributes["composer.expert"] for s in calls) == ["fast", "slow"]
+        for s in calls:
+            assert s.kind == SpanKind.CLIENT and s.name == "chat fake"
+            assert s.attributes["gen_ai.operation.name"] == "chat" and s.attributes["gen_ai.request.model"] == "fake"
+            cand = next(x for x in answer.candidates if x.expert == s.attributes["composer.expert"])
+            assert s.attributes["gen_ai.usage.input_tokens"] == cand.usage.prompt_tokens > 0
+            assert s.attributes["gen_ai.usage.output_tokens"] == cand.usage.completion_tokens > 0
+            assert root.start_time <= s.start_time <= s.end_time <= root.end_time
+        for st in stages:
+            kids = children(spans, st)
+            assert st.start_time == min(k.start_time for k in kids) and st.end_time == max(k.end_time for k in kids)
+    slow_loads = [e for spans in traces.values() for s in spans if s.attributes.get("composer.expert") == "slow"
+                  for e in s.events if e.name == "load"]
+    assert slow_loads and all(e.attributes["seconds"] >= 0.05 for e in slow_loads)  # load_s: 0.05, measured
+
+
+def test_failed_load_and_fallback_mark_the_spans(memory):
+    provider, exporter = memory
+    c = Composer.from_yaml(CONFIGS / "fake.yaml")
+    sub = TraceSubscriber(provider, experts=c.experts)
+    unsub = c.events.subscribe(sub)
+    try:
+        assert not c.ask("hello", expert="broken").ok
+    finally:
+        unsub()
+        sub.flush()
+        c.close()
+    spans = exporter.get_finished_spans()
+    call = [s for s in spans if s.attributes.get("composer.expert") == "broken"]
+    assert call and call[0].status.status_code == StatusCode.ERROR and call[0].attributes["error.type"] == "load"
+    assert "load_failed" in [e.name for e in call[0].events]
+    root = next(s for s in spans if s.parent is None)
+    assert root.status.status_code == StatusCode.ERROR
+
+
+def test_retries_and_fallbacks_are_span_events(memory):
+    provider, exporter = memory
+    c = Composer.from_yaml(CONFIGS / "service.yaml")  # flaky: fail_rate 1.0, fallbacks [echo]
+    detach = attach(c, tracer_provider=provider)
+    try:
+        a = c.ask("hello there", expert="flaky")
+    finally:
+        detach()
+        c.close()
+    assert a.ok and a.experts == ["echo"]
+    spans = exporter.get_finished_spans()
+    root = next(s for s in spans if s.parent is None)
+    names = [e.name for e in root.events]
+    assert "retry" in names and "fallback" in names
+    calls = [s for s in spans if s.name.startswith("chat ")]
+    assert [s.attributes["composer.expert"] for s in calls].count("flaky") >= 1
+    assert all(s.status.status_code == StatusCode.ERROR for s in calls if s.attributes["composer.expert"] == "flaky")
+    assert [s for s in calls if s.attributes["composer.expert"] == "echo" and s.status.status_code != StatusCode.ERROR]
+    assert root.status.status_code != StatusCode.ERROR  # the answer came (from the fallback)
+
+
+def test_a_request_groups_its_queries_and_ends_with_the_request_event(memory):
+    """The HTTP layer's contract: route events carry request_id, and its `request` event closes it."""
+    provider, exporter = memory
+    c = Composer.from_yaml(CONFIGS / "fake.yaml")
+    sub = TraceSubscriber(provider, experts=c.experts)
+    unsub = c.events.subscribe(sub)
+    try:
+        for qid in ("q-a", "q-b"):
+            c.events.emit("route", query_id=qid, request_id="req-1", pipeline=None, experts=["fast"],
+                          reason="requested expert", router="fixed")
+        for qid in ("q-a", "q-b"):
+            c.events.emit("attempt", query_id=qid, expert="fast", ok=True, seconds=0.01, prompt_tokens=3,
+                          completion_tokens=4, cost=0.0)
+        assert exporter.get_finished_spans() == ()  # still open: the request has not ended
+        c.events.emit("request", request_id="req-1", route="/v1/chat/completions", model="fast", status=200,
+                      seconds=0.2)
+    finally:
+        unsub()
+        c.close()
+    spans = exporter.get_finished_spans()
+    assert len(by_trace(spans)) == 1
+    root = next(s for s in spans if s.parent is None)
+    assert root.attributes["composer.request_id"] == "req-1" and root.attributes["http.route"] == "/v1/chat/completions"
+    assert root.attributes["http.response.status_code"] == 200 and root.attributes["composer.queries"] == 2
+    assert (root.end_time - root.start_time) / 1e9 == pytest.approx(0.2, abs=0.05)
+    assert len([s for s in spans if s.name == "chat fake"]) == 2
+    assert sub.flush() == 0
+
+
+def test_off_by_default_and_chosen_by_otel_env():
+    assert not tracing_requested({}) and provider_from_env({}) is None
+    assert provider_from_env({"OTEL_TRACES_EXPORTER": "none"}) is None
+    assert provider_from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}) is None
+    assert tracing_requested({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    p = provider_from_env({"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "my-composer"})
+    assert p is not None
+    p.shutdown()
+    with pytest.raises(TracingUnavailable, match="pip install"):
+        provider_from_env({"OTEL_TRACES_EXPORTER": "no-such-exporter"})
+
+
+def test_console_exporter_from_env_writes_the_trace(tmp_path):
+    """A process with OTEL_TRACES_EXPORTER=console prints its spans (the exporter binds stdout at
+    import, so this runs as its own process, as the CLI would)."""
+    script = tmp_path / "traced.py"
+    script.write_text(
+        "from composer.core import Composer\n"
+        "from composer.observability import attach\n"
+        f"c = Composer.from_yaml({str(CONFIGS / 'fake.yaml')!r})\n"
+        "attach(c)\n"
+        "assert c.ask('hello', expert='fast').ok\n"
+        "c.close()\n")  # no detach: the exit hook writes the open trace and flushes the exporter
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "composer-test",
+           "PYTHONPATH": os.pathsep.join([str(CONFIGS.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"name": "composer.request"' in out.stdout and '"name": "chat fake"' in out.stdout
+    assert '"gen_ai.request.model": "fake"' in out.stdout and '"service.name": "composer-test"' in out.stdout
