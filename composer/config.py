@@ -7,6 +7,7 @@ and raises `ConfigError` naming file, line and field on any problem.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +119,10 @@ class PipelineSpec(_Strict):
     aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec, description="Aggregation.")
     fallbacks: list[str] = Field(default_factory=list, description="Pipelines/experts tried on failure.")
     params: dict[str, Any] = Field(default_factory=dict, description="Router parameters.")
+    profile: Literal["trained", "declared_skills"] = Field("trained", description=(
+        "Where the router's expert profiles come from: 'trained' (router_path, from `composer "
+        "router train`) or 'declared_skills' (fitted when first used on the pool experts' "
+        "`skills` in this file: symbolic routing with no outcome data)."))
 
 
 class ReliabilitySettings(_Strict):
@@ -136,6 +141,8 @@ class ReliabilitySettings(_Strict):
 
 class Settings(_Strict):
     default_expert: str | None = Field(None, description="Expert used when a request names none.")
+    default_pipeline: str | None = Field(None, description=(
+        "Pipeline `composer ask` uses when neither --expert nor --pipeline is given."))
     memory_budget_bytes: int | None = Field(None, ge=0, description=(
         "Memory the scheduler may fill with loaded experts; default: available RAM."))
     executor: Literal["local", "ray"] = Field("local", description="Where experts run.")
@@ -185,6 +192,17 @@ class RegistryConfig(_Strict):
                                 f"unknown expert '{p.aggregator.expert}'")
             if p.router is None and not p.experts:
                 raise _RefError(("pipelines", i, "experts"), "a pipeline without a router needs experts")
+            if p.profile == "declared_skills":
+                if p.router is None or p.router_path is not None:
+                    raise _RefError(("pipelines", i, "profile"),
+                                    "'declared_skills' needs a router name and no router_path")
+                if len(p.experts) < 2:
+                    raise _RefError(("pipelines", i, "experts"),
+                                    "'declared_skills' routes among at least 2 experts")
+                for j, x in enumerate(p.experts):
+                    if not self.experts[seen[x]].skills:
+                        raise _RefError(("pipelines", i, "experts", j),
+                                        f"expert '{x}' declares no skills to route on")
         for i, p in enumerate(self.pipelines):
             for j, fb in enumerate(p.fallbacks):
                 if fb not in names and fb not in p_seen:
@@ -192,6 +210,9 @@ class RegistryConfig(_Strict):
         d = self.settings.default_expert
         if d is not None and d not in names:
             raise _RefError(("settings", "default_expert"), f"unknown expert '{d}'")
+        dp = self.settings.default_pipeline
+        if dp is not None and dp not in p_seen:
+            raise _RefError(("settings", "default_pipeline"), f"unknown pipeline '{dp}'")
         return self
 
 
@@ -302,3 +323,30 @@ def load_config(path: str | Path, check_files: bool = True) -> RegistryConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror}", file=str(p)) from None
     return parse_config(text, source=str(p), base_dir=p.resolve().parent, check_files=check_files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which registry a command uses
+
+CONFIG_ENV = "COMPOSER_CONFIG"
+
+
+def packaged_registry() -> Path:
+    """The default registry shipped inside the package (a copy of the repository's experts.yaml)."""
+    return Path(__file__).with_name("experts.yaml")
+
+
+def resolve_config_path(explicit: str | Path | None = None) -> tuple[Path, str]:
+    """(path, where it came from): `explicit` (--config), else $COMPOSER_CONFIG, else
+    ./experts.yaml, else the packaged default. A named file that does not exist is a ConfigError."""
+    if explicit is not None:
+        return Path(explicit), "--config"
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(f"${CONFIG_ENV} names a file that does not exist", file=env)
+        return Path(env), f"${CONFIG_ENV}"
+    local = Path("experts.yaml")
+    if local.is_file():
+        return local, "./experts.yaml"
+    return packaged_registry(), "packaged default"

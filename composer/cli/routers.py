@@ -67,7 +67,7 @@ def _read(paths: list[str], fmt: str, prices: Optional[Path], tasks: list[str] |
     return table
 
 
-OUTCOMES_OPT = typer.Option(None, "--outcomes", "-o", help="Training outcome files/folders (repeat, comma-separate or quote a glob).")
+OUTCOMES_OPT = typer.Option(None, "--outcomes", help="Training outcome files/folders (repeat, comma-separate or quote a glob).")
 PRICES_OPT = typer.Option(None, "--prices", help="experts.yaml or {expert: price} YAML: fills missing costs from a token estimate.")
 FORMAT_OPT = typer.Option("auto", "--format", help="Outcome format: auto, routerdc, routellm, routerbench, long.")
 PARAM_OPT = typer.Option(None, "--param", "-P", help="Router parameter key=value (or router.key=value); repeatable.")

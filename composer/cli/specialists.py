@@ -110,7 +110,7 @@ def _read_payload(payload: str) -> dict:
 
 @specialist_app.command("predict")
 def predict(
-    payload: str = typer.Option(..., "--payload", "-p", help="JSON payload, @file.json, or - for stdin."),
+    payload: str = typer.Option(..., "--payload", help="JSON payload, @file.json, or - for stdin."),
     task: Optional[str] = typer.Option(None, "--task", help="Task type of the request."),
     name: Optional[str] = typer.Option(None, "--name", help="Specialist name in the registry."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Registry file (default: ./experts.yaml)."),
