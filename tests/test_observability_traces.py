@@ -181,3 +181,37 @@ def test_console_exporter_from_env_writes_the_trace(tmp_path):
     assert out.returncode == 0, out.stderr
     assert '"name": "composer.request"' in out.stdout and '"name": "chat fake"' in out.stdout
     assert '"gen_ai.request.model": "fake"' in out.stdout and '"service.name": "composer-test"' in out.stdout
+
+
+MOA = """version: 1
+settings: {default_expert: a}
+experts:
+  - {name: a, backend: fake, model: fake-a, options: {footprint_bytes: 1000, reply: "Paris is the answer"}}
+  - {name: b, backend: fake, model: fake-b, options: {footprint_bytes: 1000, reply: "It is Paris"}}
+  - {name: agg, backend: fake, model: fake-agg, options: {footprint_bytes: 1000, reply: "Paris"}}
+pipelines:
+  - {name: moa, experts: [a, b], k: 2, aggregator: {kind: moa, expert: agg}}
+"""
+
+
+def test_aggregation_stages_are_spans_in_order(memory, tmp_path):
+    """Mixture-of-Agents over fake experts: proposers in one stage, the aggregator in the next."""
+    provider, exporter = memory
+    (tmp_path / "moa.yaml").write_text(MOA)
+    c = Composer.from_yaml(tmp_path / "moa.yaml")
+    detach = attach(c, tracer_provider=provider)
+    try:
+        a = c.ask("What is the capital of France?", pipeline="moa")
+    finally:
+        detach()
+        c.close()
+    assert a.ok and a.text == "Paris"
+    spans = exporter.get_finished_spans()
+    assert len(by_trace(spans)) == 1
+    root = next(s for s in spans if s.parent is None)
+    stages = sorted((s for s in children(spans, root) if s.name.startswith("composer.stage")), key=lambda s: s.start_time)
+    assert [s.attributes["composer.stage"] for s in stages] == [st["stage"] for st in a.stages]
+    assert sorted(s.attributes["gen_ai.request.model"] for s in children(spans, stages[0])) == ["fake-a", "fake-b"]
+    assert [s.attributes["gen_ai.request.model"] for s in children(spans, stages[1])] == ["fake-agg"]
+    assert stages[0].end_time <= stages[1].start_time
+    assert all(s.attributes["composer.query_id"] == a.query_id for s in stages)

@@ -15,7 +15,8 @@ when there is no request):
   gen_ai.request.model (the pipeline or expert the client asked for)
 - `composer.route` per query: composer.query_id, composer.pipeline, composer.router,
   composer.route.experts, composer.route.reason
-- `composer.stage <name>` per query and stage (attempt events' `stage` field, else one stage)
+- `composer.stage <name>` per query and stage (an attempt event's `stage` field, else the stage in
+  an aggregation sub-call's id `<query id>/<stage>/<n>`, else one stage named `call`)
 - `chat <model>` per expert call (kind CLIENT), GenAI semantic conventions: gen_ai.operation.name,
   gen_ai.provider.name, gen_ai.request.model, gen_ai.usage.input_tokens/output_tokens, error.type;
   the loads of its expert while the request waited are span events (`load`, seconds), as are
@@ -89,6 +90,16 @@ def provider_from_env(env=None):
     return provider
 
 
+def _base(query_id: str) -> str:
+    return query_id.split("/", 1)[0]
+
+
+def _stage(query_id: str) -> str:
+    """The stage of an aggregation sub-call id `<query id>/<stage>/...`, else "call"."""
+    parts = query_id.split("/")
+    return parts[1] if len(parts) > 1 else "call"
+
+
 def _ns(t: float) -> int:
     return int(t * 1e9)
 
@@ -128,7 +139,7 @@ class TraceSubscriber:
                 tr.routes.append(ev)
                 self._key_of[ev["query_id"]] = key
             elif kind in _QUERY_EVENTS and ev.get("query_id"):
-                qid = ev["query_id"]
+                qid = _base(ev["query_id"])  # an aggregation sub-call is `<query id>/<stage>/<n>`
                 self._trace(self._key_of.setdefault(qid, qid)).events.append(ev)
             elif kind == "request" and ev.get("request_id"):
                 tr = self._trace(ev["request_id"], ev["request_id"])
@@ -156,7 +167,7 @@ class TraceSubscriber:
         for r in tr.routes:
             self._key_of.pop(r["query_id"], None)
         for e in tr.events:
-            self._key_of.pop(e.get("query_id"), None)
+            self._key_of.pop(_base(e.get("query_id") or ""), None)
         return tr
 
     def flush(self) -> int:
@@ -215,7 +226,8 @@ class TraceSubscriber:
             rs.end(end_time=_ns(r["t"]))
         stages: dict[tuple, list[dict]] = {}
         for c in calls:
-            stages.setdefault((c.get("query_id"), str(c.get("stage") or "call")), []).append(c)
+            qid = c.get("query_id") or ""
+            stages.setdefault((_base(qid), str(c.get("stage") or _stage(qid))), []).append(c)
         used_loads: set[int] = set()
         failed_any = False
         for (qid, stage), cs in stages.items():
@@ -264,6 +276,7 @@ class TraceSubscriber:
                              timestamp=_ns(ev["t"]))
         for ev in query_events:
             if (ev["event"] == "first_token" and ev.get("expert") == expert and ev.get("seconds") is not None
+                    and ev.get("query_id") == c.get("query_id")
                     and c0 + ev["seconds"] <= c1 + 1e-6):
                 sp.add_event("gen_ai.first_token", {"seconds": float(ev["seconds"])}, timestamp=_ns(c0 + ev["seconds"]))
         if not c.get("ok"):
