@@ -23,6 +23,7 @@ from composer.observability.redact import clean_fields, scrub
 LOGGER = "composer"
 RUNTIME_LOGGER = "composer.runtime"
 _HANDLER_TAG = "_composer_handler"
+_settings = {"log_prompts": False}  # what configure() chose; LogSubscriber reads it
 
 
 class RedactFilter(logging.Filter):
@@ -72,7 +73,7 @@ def configure(fmt: str = "text", level: str = "INFO", log_prompts: bool = False,
     h.addFilter(RedactFilter(log_prompts))
     logger.addHandler(h)
     logger.propagate = False  # one line per record, even when the host app configures the root logger
-    logger.composer_log_prompts = log_prompts  # read by LogSubscriber
+    _settings["log_prompts"] = bool(log_prompts)
     return logger
 
 
@@ -132,6 +133,5 @@ class LogSubscriber:
             return
         # the text line goes through the same cleaning as the fields (the handler's RedactFilter
         # does it too; doing it here keeps lines clean under a host app's own handlers)
-        allow = bool(getattr(logging.getLogger(LOGGER), "composer_log_prompts", False))
-        fields = clean_fields({k: v for k, v in ev.items()}, allow)
+        fields = clean_fields(dict(ev), _settings["log_prompts"])
         self.logger.log(level, scrub(msg), extra={"composer": fields})
