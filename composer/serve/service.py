@@ -106,6 +106,7 @@ class Service:
         loop = asyncio.get_running_loop()
         ids = [q.id for q in queries]
         fut = loop.run_in_executor(self.pool, partial(self.composer.run, queries, expert=expert, pipeline=pipeline))
+        fut.add_done_callback(lambda _f: self.composer.forget(ids))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -164,6 +165,8 @@ class Service:
                 self.metrics.record_answers(answers)
                 fail = self.failure(answers)
                 self.metrics.requests.labels(route, req.model, str(fail[0]) if fail else "200").inc()
+                if fail is None and len(answers) == len(plan.queries):
+                    self.log_completion(rid, req.model, plan.queries, answers)
 
             events = sse_events(self.composer, plan, writer, include_usage=include, failure=self.failure,
                                 on_answers=on_answers, prefixes=prefixes)
@@ -178,6 +181,7 @@ class Service:
             return self.error(status, msg, route=route, model=req.model, code=code, retry_after=wait,
                               type_="invalid_request_error" if status == 400 else "server_error")
         self.metrics.requests.labels(route, req.model, "200").inc()
+        await asyncio.get_running_loop().run_in_executor(self.pool, partial(self.log_completion, rid, req.model, plan.queries, answers))
         return JSONResponse(body_of(answers), headers=self.route_headers(plan, answers=answers))
 
     async def _counted(self, events, route: str):
@@ -373,6 +377,35 @@ class Service:
             return self.error(400, scrub(f"{type(exc).__name__}: {exc}"), route=route)
         self.metrics.requests.labels(route, req.task or req.specialist or "", "200").inc()
         return {"object": "prediction", **out}
+
+    # -- feedback (composer/feedback.py) ------------------------------------------------------
+    def log_completion(self, rid: str, model: str, queries, answers) -> None:
+        """Log a returned completion (route, experts, prompt, cost) so POST /v1/feedback can score
+        it later, across restarts. A failed write is logged and does not fail the answer."""
+        from composer.feedback import FeedbackStore, default_path
+
+        try:
+            FeedbackStore(default_path(self.composer.base_dir)).log_response(rid, model, queries, answers)
+        except Exception:  # noqa: BLE001 - e.g. a full disk: the answer still goes out, the log says why
+            log.exception("could not log response %s for feedback", rid)
+
+    async def feedback(self, request):
+        """POST /v1/feedback {"id": <a past response id>, "score": 0..1, "choice"?, "comment"?}."""
+        from composer.feedback import FeedbackError, parse_body as parse_feedback
+
+        route = "/v1/feedback"
+        gated = self.gate(request, route)
+        if gated is not None:
+            return gated
+        try:
+            args = parse_feedback(await request.body())
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self.pool, partial(self.composer.feedback, **args))
+        except FeedbackError as exc:
+            return self.error(exc.status, scrub(str(exc)), route=route, param=exc.param, code=exc.code,
+                              type_="not_found_error" if exc.status == 404 else "invalid_request_error")
+        self.metrics.requests.labels(route, "", "200").inc()
+        return {"object": "feedback", **out}
 
     async def openapi(self, request, schema: dict):
         gated = self.gate(request, "/openapi.json")
