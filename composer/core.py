@@ -22,27 +22,23 @@ from composer.errors import BadRequestError, RoutingError
 from composer.executors import LocalExecutor
 from composer.scheduler import Scheduler
 from composer.runtime.events import EventSink
-from composer.types import Answer, Delta, Query, RouteDecision
+from composer.types import Answer, Query, RouteDecision
 
 
-def _batched_stage(batcher):
-    """A stage runner over a StreamBatcher: each item joins its expert's next batch."""
-
-    def run_stage(work, upcoming=None):
-        from composer.executors import StageResult  # noqa: PLC0415
-
-        t0 = time.perf_counter()
-        futures = [batcher.submit(w.query, w.expert) for w in work]
-        cands = [f.result() for f in futures]
-        events, seen = [], set()
-        for c in cands:  # each batch's load/unload events, once per batch
-            evs = c.metadata.pop("batch_events", [])
-            if id(evs) not in seen:
-                seen.add(id(evs))
-                events.extend(evs)
-        return StageResult(cands, events, time.perf_counter() - t0)
-
-    return run_stage
+def _finish_answer(a: Answer) -> None:
+    """Carry the answering candidate's finish reason, tool calls and logprobs onto the Answer,
+    and the typed error of a failed one."""
+    if a.ok:
+        src = next((c for c in a.candidates if c.ok and c.text == a.text and
+                    c.metadata.get("role", "aggregator") == "aggregator"), None) \
+            or next((c for c in a.candidates if c.ok and c.text == a.text), None)
+        if src is not None:
+            a.finish_reason = a.finish_reason or src.finish_reason
+            a.tool_calls = a.tool_calls if a.tool_calls is not None else src.tool_calls
+            a.logprobs = a.logprobs if a.logprobs is not None else src.logprobs
+    elif a.call_error is None:
+        failed = [c.call_error for c in a.candidates if c.call_error is not None]
+        a.call_error = failed[-1] if failed else None
 
 
 class Composer:
@@ -60,14 +56,18 @@ class Composer:
         self.executor_kind = executor or config.settings.executor
         self.memory_budget = memory_budget or config.settings.memory_budget_bytes
         self.ray_address = ray_address or config.settings.ray_address
-        self._experts = {e.name: e for e in config.experts}
+        # context and prices of litellm experts from litellm's model map where experts.yaml omits them
+        from composer.backends.model_info import with_model_info  # noqa: PLC0415
+
+        self._experts = {e.name: with_model_info(e) for e in config.experts}
         self._pipelines = {p.name: p for p in config.pipelines}
         self._backends: dict[str, Backend] = {}
         self._routers: dict[str, Any] = {}
         self._specialists: dict[str, Any] = {}
         self._executor = None
-        self._reliability = reliability  # composer.reliability.Reliability; default made on first use
+        self._reliability = reliability  # composer.runtime.policy.Reliability; default made on first use
         self._batcher = None  # composer.stream.StreamBatcher once stream_mode() is on (server)
+        self._runtime = None  # composer.runtime.runtime.Runtime, made on first use
         self._lock = threading.RLock()
         self.events = EventSink()  # every load, unload, attempt, cancel... (composer/runtime/events.py)
 
@@ -123,16 +123,41 @@ class Composer:
 
     @property
     def reliability(self):
-        """Timeouts, retries, fallbacks, cooldowns for every stage (composer/reliability.py)."""
+        """Retries, fallbacks, cooldowns for every stage (composer/runtime/policy.py)."""
         if self._reliability is not None:  # lock-free: cancel() comes from other threads mid-run
             return self._reliability
         with self._lock:
             if self._reliability is None:
-                from composer.reliability import Reliability  # noqa: PLC0415
+                from composer.runtime.policy import Reliability  # noqa: PLC0415
 
-                self._reliability = Reliability(self.experts, get_backend=self.backend,
-                                                **self.config.settings.reliability.model_dump())
+                self._reliability = Reliability(self.experts, **self.config.settings.reliability.model_dump())
             return self._reliability
+
+    @property
+    def runtime(self):
+        """Scheduler, executor, policy, event sink and event loop: where every stage runs."""
+        if self._runtime is not None:
+            return self._runtime
+        with self._lock:
+            if self._runtime is None:
+                from composer.runtime.runtime import Runtime  # noqa: PLC0415
+
+                self._runtime = Runtime(self.executor, self.reliability, self.events)
+            return self._runtime
+
+    def _stage_runner(self, pipeline: str | None = None, on_delta=None):
+        """The `run_stage(work, upcoming)` every aggregator gets: one runtime stage with the
+        policy (and the pipeline's fallbacks). With `on_delta`, the final stage of a single
+        query streams (the stage with nothing after it and one call)."""
+        p_spec = self._pipelines.get(pipeline or "")
+        extra = self.reliability.pipeline_chain(p_spec, self._pipelines) if p_spec is not None else []
+        runtime = self.runtime
+
+        def run_stage(work, upcoming=None):
+            stream = on_delta is not None and not upcoming and len(work) == 1
+            return runtime.run_stage(work, upcoming, extra_fallbacks=extra, on_delta=on_delta if stream else None)
+
+        return run_stage
 
     # -- routing ----------------------------------------------------------------------------
     def _as_queries(self, queries: Iterable[Query | str]) -> list[Query]:
@@ -183,7 +208,10 @@ class Composer:
                                       aggregator_expert=p.aggregator.expert,
                                       reason=f"pipeline '{p.name}' uses fixed experts", router="fixed")
                         for q in qs]
-            decisions = self.router_for(p).route(qs, k=p.k)
+            # RouteLLM's router-<pipeline>-<threshold>: the request's cost knob (the router's lam)
+            lams = {q.metadata.get("threshold") for q in qs} - {None}
+            knob = {"lam": float(lams.pop())} if len(lams) == 1 else {}
+            decisions = self.router_for(p).route(qs, k=p.k, **knob)
             for d in decisions:
                 unknown = [e for e in d.experts if e not in self._experts]
                 if unknown:
@@ -201,8 +229,9 @@ class Composer:
 
     # -- the path ---------------------------------------------------------------------------
     def run(self, queries: Iterable[Query | str], *, expert: str | None = None,
-            pipeline: str | None = None) -> list[Answer]:
-        """Answer a batch. Failures are per query (Answer.error), never a silent partial result."""
+            pipeline: str | None = None, on_delta=None) -> list[Answer]:
+        """Answer a batch. Failures are per query (Answer.error), never a silent partial result.
+        Concurrent calls are safe: the runtime serialises only what shares residency."""
         qs = self._as_queries(queries)
         if not qs:
             return []
@@ -215,26 +244,19 @@ class Composer:
             aggregator = make_aggregator(a.kind, a.expert, registry=self.expert_spec, **a.params)
         else:
             aggregator = make_aggregator("none")
-        p_spec = self._pipelines.get(pipeline or "")
-        if self._batcher is not None:  # stream mode: concurrent runs share batches by expert
-            answers = aggregator.run(qs, decisions, self.reliability.wrap(
-                _batched_stage(self._batcher), p_spec, self._pipelines))
-        else:
-            with self._lock:  # one batch at a time owns the executor's residency
-                run_stage = self.reliability.wrap(self.executor.run_stage, p_spec, self._pipelines)
-                answers = aggregator.run(qs, decisions, run_stage)
-        for a in answers:  # interim: stage events until the runtime emits them as they happen
-            for st in a.stages:
-                for ev in st.get("events", []) or st.get("batch", {}).get("events", []):
-                    self.events.emit(ev["event"], **{k: v for k, v in ev.items() if k != "event"})
-            for c in a.candidates:
-                self.events.emit("attempt", expert=c.expert, query_id=a.query_id, ok=c.ok,
-                                 error_kind=(c.metadata or {}).get("error_type"), seconds=c.usage.latency_s,
-                                 prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
-                                 cost=c.usage.cost)
+        answers = aggregator.run(qs, decisions, self._stage_runner(pipeline, on_delta))
         if len(answers) != len(qs):
             raise RuntimeError(f"aggregator '{aggregator.kind}' returned {len(answers)} answers for {len(qs)} queries")
+        for a in answers:
+            _finish_answer(a)
         return answers
+
+    async def arun(self, queries: Iterable[Query | str], *, expert: str | None = None,
+                   pipeline: str | None = None) -> list[Answer]:
+        """`run` for asyncio callers (the endpoint)."""
+        from composer.runtime.streaming import arun  # noqa: PLC0415
+
+        return await arun(self, list(queries), expert=expert, pipeline=pipeline)
 
     def ask(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None,
             **generation) -> Answer:
@@ -246,33 +268,33 @@ class Composer:
         """One scheduled stage of explicit (query, expert) calls, with the reliability policy:
         `work` is a list of composer.scheduler.WorkItem; returns a StageResult whose candidates
         are aligned with `work` (e.g. every expert on every prompt, for `composer collect`)."""
-        if self._batcher is not None:
-            return self.reliability.wrap(_batched_stage(self._batcher))(list(work), upcoming)
-        with self._lock:
-            return self.reliability.wrap(self.executor.run_stage)(list(work), upcoming)
+        return self.runtime.run_stage(list(work), upcoming)
 
     def stream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
         """Answer one question as it is generated: yields Delta objects (text pieces, tool-call
-        deltas, the finish reason) and, last, the finished Answer (usage, route, stages)."""
-        q = question if isinstance(question, Query) else Query(question)
-        answer = self.run([q], expert=expert, pipeline=pipeline)[0]
-        if answer.ok:
-            yield Delta(q.id, answer.experts[0] if answer.experts else "", answer.text,
-                        tool_calls=answer.tool_calls, finish_reason=answer.finish_reason or "stop")
-        yield answer
+        deltas) as the expert produces them and, last, the finished Answer (usage, route,
+        stages). Closing the generator early cancels the generation."""
+        from composer.runtime.streaming import stream_answer  # noqa: PLC0415
 
-    async def astream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
+        q = question if isinstance(question, Query) else Query(question)
+        return stream_answer(self, q, expert=expert, pipeline=pipeline)
+
+    def astream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
         """`stream` for asyncio: an async generator of the same Delta objects, then the Answer.
         Closing it early (client gone) cancels the generation."""
-        import asyncio  # noqa: PLC0415
+        from composer.runtime.streaming import astream_answer  # noqa: PLC0415
 
-        items = await asyncio.to_thread(lambda: list(self.stream(question, expert=expert, pipeline=pipeline)))
-        for it in items:
-            yield it
+        q = question if isinstance(question, Query) else Query(question)
+        return astream_answer(self, q, expert=expert, pipeline=pipeline)
 
     def cancel(self, query_ids) -> None:
-        """Stop these queries wherever they are (queued, generating, waiting for a retry)."""
-        self.reliability.cancel(list(query_ids))
+        """Stop these queries wherever they are (queued, generating, waiting for a retry): a
+        remote call's connection is closed, a local generation ends at the next token."""
+        self.runtime.cancel(list(query_ids))
+
+    def forget(self, query_ids) -> None:
+        """Drop the cancellation marks of finished queries (bounded memory)."""
+        self.runtime.forget(list(query_ids))
 
     def stream_mode(self, *, max_wait_s: float = 0.5, max_batch: int = 32):
         """Server mode: from now on concurrent `run` calls are batched by expert through one
@@ -281,7 +303,9 @@ class Composer:
             if self._batcher is None:
                 from composer.stream import StreamBatcher  # noqa: PLC0415
 
-                self._batcher = StreamBatcher(self.executor, max_wait_s=max_wait_s, max_batch=max_batch)
+                self._batcher = StreamBatcher(self.executor, max_wait_s=max_wait_s, max_batch=max_batch,
+                                              sink=self.events)
+                self.runtime.batcher = self._batcher
             return self._batcher
 
     # -- specialists ------------------------------------------------------------------------
@@ -307,6 +331,15 @@ class Composer:
         out = predict_request(model, payload)
         return {"specialist": spec.name, "task": spec.task, **out}
 
+    def feedback(self, response_id: str, score: float, *, choice: int = 0, comment: str | None = None) -> dict:
+        """Record a score in [0, 1] for a past endpoint response (its route, experts, prompt and
+        cost were logged with it) into this registry's feedback store (composer/feedback.py);
+        `composer router train --outcomes <store>` retrains on it. Raises FeedbackError
+        (.status 404 unknown id, 409 duplicate, 400 bad score)."""
+        from composer.feedback import FeedbackStore, default_path  # noqa: PLC0415
+
+        return FeedbackStore(default_path(self.base_dir)).record(response_id, score, choice=choice, comment=comment)
+
     # -- lifecycle --------------------------------------------------------------------------
     def loaded_experts(self) -> list[str]:
         return [n for n, b in self._backends.items() if b.is_loaded]
@@ -317,6 +350,9 @@ class Composer:
             if self._batcher is not None:
                 self._batcher.close()  # serves what is queued, then stops
                 self._batcher = None
+                if self._runtime is not None:
+                    self._runtime.batcher = None
+            self._runtime = None
             if self._executor is not None:
                 self._executor.close()
                 self._executor = None

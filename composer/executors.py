@@ -1,30 +1,30 @@
-"""Run an ExecutionPlan. LocalExecutor runs experts in this process; RayExecutor (in
-composer/ray_executor.py, imported lazily so `import composer.executors` never imports Ray) runs
-each loaded expert in a Ray actor.
+"""Where a local expert lives and how one planned group runs on it.
 
-`run_stage(work, upcoming)` is the one entry point the core uses: it plans the stage with the
-Scheduler, loads/unloads experts as planned, generates each group as one batch, and returns the
-candidates aligned with `work` plus every load and unload with its duration (`events`).
+LocalExecutor runs experts in this process; RayExecutor (composer/ray_executor.py, imported lazily
+so `import composer.executors` never imports Ray) runs each loaded expert in a Ray actor. An
+executor plans nothing: the runtime (composer/runtime/stage.py) asks the Scheduler for the order
+and the evictions, then calls `run_group(group, queries, events, on_delta)` for one local group at
+a time; remote experts are reached through `remote_backend(expert)` on the runtime's event loop.
 
 Faults stay local: an expert that fails to load, or is larger than the memory budget, fails only
-its own items (each Candidate carries the error); the other groups proceed. Remote experts
-(litellm, external servers) cost no load and run in background threads while the local groups
-run, each up to its own `concurrency`.
+its own items (each Candidate carries a typed CallError); the other groups proceed. A local group
+that runs past its time limit is stopped at the next token (the backend's `cancel`) and its items
+fail with kind "timeout": the expert is free again as soon as the call returns.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 from composer.backends.base import Backend
 from composer.errors import BackendError
+from composer.runtime.errors import failure, from_exception
 from composer.scheduler import ExecutionPlan, Group, Scheduler, WorkItem
-from composer.types import Candidate, Query, Usage
+from composer.types import Candidate, Query
 
 
 @dataclass
@@ -32,8 +32,9 @@ class StageResult:
     candidates: list[Candidate]
     events: list[dict] = field(default_factory=list)  # {"event": "load"|"unload"|..., "expert", "seconds"}
     wall_s: float = 0.0
-    plan: ExecutionPlan | None = None
+    plan: ExecutionPlan | None = None  # the first plan of the stage
     peak_bytes: int = 0  # the most bytes resident at once while the stage ran
+    lower_bound: int = 0  # distinct local experts the stage needed that were not resident at its start
 
     @property
     def loads(self) -> int:
@@ -44,8 +45,8 @@ class StageResult:
         return sum(e["event"] == "unload" for e in self.events)
 
 
-def failed(item: WorkItem, message: str, **meta) -> Candidate:
-    return Candidate(item.query.id, item.expert, "", Usage(), error=message, metadata=meta)
+def failed(item: WorkItem, message: str, kind: str = "error", **meta) -> Candidate:
+    return failure(item.query.id, item.expert, kind, message, **meta)
 
 
 def describe(exc: BaseException) -> str:
@@ -54,9 +55,9 @@ def describe(exc: BaseException) -> str:
 
 
 class BaseExecutor:
-    """The stage loop shared by both executors. Subclasses implement how a local expert is
-    loaded, unloaded and asked (`_load`, `_unload`, `_generate`) and how a remote one is reached
-    (`_remote_backend`)."""
+    """Residency and the group call shared by both executors. Subclasses implement how a local
+    expert is loaded, unloaded and asked (`_load`, `_unload`, `_generate`, `_stop`) and how a remote
+    one is reached (`remote_backend`)."""
 
     scheduler: Scheduler
     resident: list[str]  # loaded local experts, least recently used first
@@ -72,44 +73,92 @@ class BaseExecutor:
     def _unload(self, expert: str) -> float:
         raise NotImplementedError
 
-    def _generate(self, expert: str, queries: list[Query], events: list[dict]) -> list[Candidate]:
+    def _generate(self, expert: str, queries: list[Query], events: list[dict], on_delta=None) -> list[Candidate]:
         raise NotImplementedError
 
-    def _remote_backend(self, expert: str) -> Backend:
+    def _stop(self, expert: str, query_ids: list[str]) -> None:
+        """End these queries' generation at the next token (time limit, cancel)."""
+
+    def remote_backend(self, expert: str) -> Backend:
         raise NotImplementedError
+
+    def is_remote(self, expert: str) -> bool:
+        return expert in self.scheduler.remote
 
     def _is_loaded(self, expert: str) -> bool:
         return expert in self.resident
 
-    # -- the stage loop ---------------------------------------------------------------------
+    def time_limit(self, expert: str, n: int) -> float | None:
+        """Seconds a group of `n` calls may take: timeout_s per `concurrency` calls."""
+        return None
+
+    # -- one group --------------------------------------------------------------------------
     def run_stage(self, work: list[WorkItem], upcoming: list[set[str]] | None = None) -> StageResult:
-        t0 = time.perf_counter()
-        out: list[Candidate | None] = [None] * len(work)
-        events: list[dict] = []
-        pool = None
-        futures: list[Future] = []
-        # Residency belongs to one stage at a time; remote-only work never waits for local groups.
-        all_remote = all(w.expert in self.scheduler.remote for w in work)
+        """Plan and run a stage with no retry policy (one attempt per item)."""
+        from composer.runtime.stage import run_stage  # noqa: PLC0415 - the runtime imports this module
+
+        return run_stage(self, work, upcoming)
+
+    def run_group(self, g: Group, queries: list[Query], events: list[dict], on_delta=None) -> list[Candidate]:
+        """Evict as planned, load if needed, and answer `queries` on the group's expert as one
+        batch; one Candidate per query, in order. Never raises for an expert's own failure."""
+        if g.error is not None:
+            return [failure(q.id, g.expert, "over_budget", g.error) for q in queries]
+        with self._lock:  # residency belongs to one group at a time
+            for victim in g.evict_before:
+                if victim in self.resident:
+                    self._evict(victim, events)
+            if not self._is_loaded(g.expert):
+                t0 = time.perf_counter()
+                try:
+                    seconds = self._load(g.expert, events)
+                except Exception as exc:  # noqa: BLE001 - a failed load fails only this expert's items
+                    msg = describe(exc) if isinstance(exc, BackendError) else \
+                        f"expert '{g.expert}': could not load: {describe(exc)}"
+                    events.append({"event": "load_failed", "expert": g.expert,
+                                   "seconds": time.perf_counter() - t0, "error": msg})
+                    return [failure(q.id, g.expert, "load", msg) for q in queries]
+                events.append({"event": "load", "expert": g.expert, "seconds": seconds,
+                               **self._placement(g.expert)})
+            if g.expert in self.resident:
+                self._touch(g.expert)
+            else:
+                self.resident.append(g.expert)
+            cands = self._timed_generate(g.expert, queries, events, on_delta)
+        if len(cands) != len(queries):
+            return [failure(q.id, g.expert, "error", f"expert '{g.expert}': returned {len(cands)} candidates "
+                            f"for {len(queries)} queries") for q in queries]
+        return cands
+
+    def _placement(self, expert: str) -> dict:
+        """Where a loaded expert lives (the Ray executor adds the node id)."""
+        return {}
+
+    def _timed_generate(self, expert, queries, events, on_delta) -> list[Candidate]:
+        limit = self.time_limit(expert, len(queries))
+        timer, expired = None, threading.Event()
+        if limit is not None:
+            def stop():
+                expired.set()
+                self._stop(expert, [q.id for q in queries])
+
+            timer = threading.Timer(limit, stop)
+            timer.daemon = True
+            timer.start()
         try:
-            with contextlib.nullcontext() if all_remote else self._lock:
-                plan = self.scheduler.plan(work, self.resident, upcoming)
-                remote = [g for g in plan.groups if g.remote]
-                if remote:
-                    pool = ThreadPoolExecutor(max_workers=len(remote), thread_name_prefix="remote-expert")
-                    futures = [pool.submit(self._run_remote, g, work, out) for g in remote]
-                peak = self._resident_bytes()
-                for g in plan.groups:
-                    if not g.remote:
-                        self._run_local(g, work, out, events)
-                        peak = max(peak, self._resident_bytes())
-            for f in futures:
-                events.extend(f.result())
+            cands = self._generate(expert, queries, events, on_delta)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: each item says why
+            err = from_exception(exc)
+            msg = describe(exc)
+            return [failure(q.id, expert, err.kind, msg, retryable=err.retryable) for q in queries]
         finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-        cands = [c if c is not None else failed(work[i], f"expert '{work[i].expert}': no result (internal error)")
-                 for i, c in enumerate(out)]
-        return StageResult(cands, events, time.perf_counter() - t0, plan, peak)
+            if timer is not None:
+                timer.cancel()
+        if expired.is_set():
+            msg = f"expert '{expert}' did not answer within {limit:g}s (timeout_s); its generation was stopped"
+            cands = [failure(c.query_id, expert, "timeout", msg, usage=c.usage)
+                     if (c.call_error is not None and c.call_error.kind == "cancelled") else c for c in cands]
+        return cands
 
     def _resident_bytes(self) -> int:
         return sum(self.scheduler.footprint(r) for r in self.resident)
@@ -118,50 +167,6 @@ class BaseExecutor:
         if expert in self.resident:
             self.resident.remove(expert)
             self.resident.append(expert)
-
-    def _fail_group(self, g: Group, work: list[WorkItem], out: list, message: str, **meta) -> None:
-        for i in g.items:
-            out[i] = failed(work[i], message, **meta)
-
-    def _run_local(self, g: Group, work: list[WorkItem], out: list, events: list[dict]) -> None:
-        if g.error is not None:
-            self._fail_group(g, work, out, g.error, error_type="over_budget", retryable=False)
-            return
-        for victim in g.evict_before:
-            if victim in self.resident:
-                self._evict(victim, events)
-        if not self._is_loaded(g.expert):
-            t0 = time.perf_counter()
-            try:
-                seconds = self._load(g.expert, events)
-            except Exception as exc:  # noqa: BLE001 - a failed load fails only this expert's items
-                msg = describe(exc) if isinstance(exc, BackendError) else \
-                    f"expert '{g.expert}': could not load: {describe(exc)}"
-                events.append({"event": "load_failed", "expert": g.expert,
-                               "seconds": time.perf_counter() - t0, "error": msg})
-                self._fail_group(g, work, out, msg, error_type="load", retryable=False)
-                return
-            events.append({"event": "load", "expert": g.expert, "seconds": seconds})
-        if g.expert in self.resident:
-            self._touch(g.expert)
-        else:
-            self.resident.append(g.expert)
-        items = [work[i] for i in g.items]
-        try:
-            cands = self._generate(g.expert, [w.query for w in items], events)
-        except Exception as exc:  # noqa: BLE001 - the whole batch failed: each item says why
-            retryable = getattr(exc, "retryable", False)
-            self._fail_group(g, work, out, describe(exc), retryable=retryable)
-            return
-        self._place(g, work, out, cands)
-
-    def _place(self, g: Group, work: list[WorkItem], out: list, cands: list[Candidate]) -> None:
-        if len(cands) != len(g.items):
-            self._fail_group(g, work, out, f"expert '{g.expert}': returned {len(cands)} candidates "
-                             f"for {len(g.items)} queries")
-            return
-        for i, c in zip(g.items, cands):
-            out[i] = c
 
     def _evict(self, expert: str, events: list[dict]) -> None:
         self.resident.remove(expert)
@@ -173,20 +178,6 @@ class BaseExecutor:
                            "error": describe(exc)})
             return
         events.append({"event": "unload", "expert": expert, "seconds": seconds})
-
-    def _run_remote(self, g: Group, work: list[WorkItem], out: list) -> list[dict]:
-        """A remote group: connect (no load counted) and call, up to the expert's concurrency."""
-        events: list[dict] = []
-        try:
-            backend = self._remote_backend(g.expert)
-            if not backend.is_loaded:
-                events.append({"event": "connect", "expert": g.expert, "seconds": backend.load()})
-            cands = backend.generate([work[i].query for i in g.items])
-        except Exception as exc:  # noqa: BLE001 - fails only this expert's items
-            self._fail_group(g, work, out, describe(exc), retryable=getattr(exc, "retryable", False))
-            return events
-        self._place(g, work, out, cands)
-        return events
 
     def unload_all(self) -> list[dict]:
         """Unload every resident expert; returns the unload events."""
@@ -214,10 +205,21 @@ class LocalExecutor(BaseExecutor):
     def _is_loaded(self, expert):
         return self.get_backend(expert).is_loaded
 
-    def _generate(self, expert, queries, events):
-        return self.get_backend(expert).generate(queries)
+    def _generate(self, expert, queries, events, on_delta=None):
+        backend = self.get_backend(expert)
+        try:
+            return backend.generate(queries, on_delta)
+        finally:
+            backend.forget_cancel([q.id for q in queries])
 
-    def _remote_backend(self, expert):
+    def _stop(self, expert, query_ids):
+        self.get_backend(expert).cancel(query_ids)
+
+    def time_limit(self, expert, n):
+        spec = self.get_backend(expert).spec
+        return spec.timeout_s * math.ceil(n / max(1, spec.concurrency or 1))
+
+    def remote_backend(self, expert):
         return self.get_backend(expert)
 
     def close(self) -> None:

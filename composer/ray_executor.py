@@ -195,7 +195,17 @@ class RayExecutor(BaseExecutor):
                 ray.kill(actor)
         return time.perf_counter() - t0
 
-    def _generate(self, expert, queries, events):
+    def _generate(self, expert, queries, events, on_delta=None):
+        out = self._generate_on_actor(expert, queries, events)
+        if on_delta is not None:  # no token streaming out of an actor yet: each answer as one piece
+            from composer.types import Delta  # noqa: PLC0415
+
+            for c in out:
+                if c.ok and c.text:
+                    on_delta(Delta(c.query_id, expert, c.text))
+        return out
+
+    def _generate_on_actor(self, expert, queries, events):
         ray = self._ray()
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -239,7 +249,7 @@ class RayExecutor(BaseExecutor):
         if actor is not None and ray is not None:
             ray.kill(actor)
 
-    def _remote_backend(self, expert):
+    def remote_backend(self, expert):
         with self._lock:
             if expert not in self._remote:
                 from composer.backends import make_backend

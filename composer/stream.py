@@ -2,15 +2,18 @@
 
 API
 ---
-    batcher = StreamBatcher(executor, max_wait_s=0.5, max_batch=32, hold=True)
-    fut = batcher.submit(Query("hi"), "smollm2")  # concurrent.futures.Future[Candidate]; thread-safe
+    batcher = StreamBatcher(executor, max_wait_s=0.5, max_batch=32, hold=True, sink=None)
+    fut = batcher.submit(Query("hi"), "smollm2", on_delta=None)  # Future[Candidate]; thread-safe
+    batcher.cancel({"q-1"})                       # drop queued ones, stop running ones at the next token
     candidate = fut.result(timeout=60)            # a failed call is a Candidate with `error` set
     batcher.stats()                               # {"loads", "unloads", "batches", "served", ...}
     batcher.close()                               # stop accepting, drain the queue, stop the worker
 
 `executor` is a LocalExecutor or RayExecutor (composer/executors.py); the batcher owns no model
 itself and never closes the executor. One worker thread serves local experts one batch at a
-time; remote experts (no load) are dispatched at once to a small thread pool.
+time, each batch planned by the Scheduler (evictions) and run by `executor.run_group`; remote
+experts never come here (the runtime calls them at once on its event loop). With `on_delta`, a
+request's pieces are passed on as its batch generates them.
 
 Policy (`choose_next` and `hold_until`, shared with the simulator below so the benchmark
 measures this code):
@@ -39,9 +42,10 @@ import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from composer.executors import StageResult
 from composer.scheduler import Scheduler, WorkItem
 from composer.types import Query
 
@@ -52,6 +56,7 @@ class _Entry:
     t: float
     query: Query
     future: Future
+    on_delta: object = None
 
 
 def choose_next(heads: dict[str, tuple[int, float]], resident: list[str], now: float,
@@ -85,24 +90,24 @@ class StreamBatcher:
     """Serves (query, expert) requests as they arrive; see the module docstring."""
 
     def __init__(self, executor, *, max_wait_s: float = 0.5, max_batch: int = 32, hold: bool = True,
-                 remote_workers: int = 8):
+                 sink=None):
         self.executor = executor
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
         self.hold = hold
-        self.remote_workers = remote_workers
+        self.sink = sink  # composer.runtime.events.EventSink: loads, unloads, batches as they happen
         self._cond = threading.Condition()
         self._queues: dict[str, deque[_Entry]] = {}
         self._seq = itertools.count()
         self._closed = False
         self._worker: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._running: tuple[str, list[str]] | None = None  # (expert, query ids) of the batch in progress
         self._stats = {"loads": 0, "unloads": 0, "batches": 0, "served": 0, "load_s": 0.0,
                        "unload_s": 0.0, "failed_batches": 0}
         self._events: deque[dict] = deque(maxlen=1000)
 
     # -- public -----------------------------------------------------------------------------
-    def submit(self, query: Query, expert: str) -> Future:
+    def submit(self, query: Query, expert: str, on_delta=None) -> Future:
         """Queue one call; the Future resolves to its Candidate."""
         fut: Future = Future()
         with self._cond:
@@ -112,9 +117,29 @@ class StreamBatcher:
                 self._worker = threading.Thread(target=self._run, name="stream-batcher", daemon=True)
                 self._worker.start()
             self._queues.setdefault(expert, deque()).append(
-                _Entry(next(self._seq), time.monotonic(), query, fut))
+                _Entry(next(self._seq), time.monotonic(), query, fut, on_delta))
             self._cond.notify()
         return fut
+
+    def cancel(self, query_ids) -> None:
+        """Queued calls of these ids end at once as cancelled; a running one stops at the next token."""
+        from composer.runtime.errors import failure  # noqa: PLC0415
+
+        ids = set(query_ids)
+        dropped = []
+        with self._cond:
+            for expert, q in list(self._queues.items()):
+                keep = deque(e for e in q if e.query.id not in ids)
+                dropped += [(expert, e) for e in q if e.query.id in ids]
+                if keep:
+                    self._queues[expert] = keep
+                else:
+                    del self._queues[expert]
+            running = self._running
+        for expert, e in dropped:
+            e.future.set_result(failure(e.query.id, expert, "cancelled", "cancelled by the client before it ran"))
+        if running is not None and ids & set(running[1]):
+            self.executor._stop(running[0], [i for i in running[1] if i in ids])  # noqa: SLF001
 
     def pending(self) -> int:
         with self._cond:
@@ -133,9 +158,6 @@ class StreamBatcher:
             worker = self._worker
         if worker is not None:
             worker.join()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     def __enter__(self) -> "StreamBatcher":
         return self
@@ -151,23 +173,21 @@ class StreamBatcher:
             del self._queues[expert]
         return batch
 
-    def _next_batch(self) -> tuple[list[tuple[str, list[_Entry]]], str | None, list[_Entry], list[set[str]]]:
-        """Under the lock: remote batches to dispatch, and the local batch to run next (None
-        while holding for more requests)."""
-        remote_set = self.executor.scheduler.remote
-        remote = [(e, self._take(e)) for e in list(self._queues) if e in remote_set]
+    def _next_batch(self) -> tuple[str | None, list[_Entry], list[set[str]]]:
+        """Under the lock: the batch to run next (None while holding for more requests)."""
         if not self._queues:
-            return remote, None, [], []
+            return None, [], []
         heads = {e: (q[0].seq, q[0].t) for e, q in self._queues.items()}
         if self.hold and not self._closed:
             wait = hold_until(heads, list(self.executor.resident), self.max_wait_s) - time.monotonic()
             if wait > 0:
                 self._cond.wait(wait)  # a new request or close() wakes us to decide again
-                return remote, None, [], []
+                return None, [], []
         expert = choose_next(heads, list(self.executor.resident), time.monotonic(), self.max_wait_s)
         batch = self._take(expert)
         heads = {e: (q[0].seq, q[0].t) for e, q in self._queues.items()}
-        return remote, expert, batch, upcoming_of(heads)
+        self._running = (expert, [en.query.id for en in batch])
+        return expert, batch, upcoming_of(heads)
 
     def _run(self) -> None:
         while True:
@@ -176,18 +196,37 @@ class StreamBatcher:
                     self._cond.wait()
                 if not self._queues and self._closed:
                     return
-                remote, expert, batch, upcoming = self._next_batch()
-            for e, entries in remote:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.remote_workers, thread_name_prefix="stream-remote")
-                self._pool.submit(self._serve, e, entries, None)
+                expert, batch, upcoming = self._next_batch()
             if expert is not None:
-                self._serve(expert, batch, upcoming)
+                try:
+                    self._serve(expert, batch, upcoming)
+                finally:
+                    with self._cond:
+                        self._running = None
 
     def _serve(self, expert: str, entries: list[_Entry], upcoming: list[set[str]] | None) -> None:
+        from composer.runtime.stage import _Recorder  # noqa: PLC0415
+
         work = [WorkItem(en.query, expert) for en in entries]
+        events = _Recorder(self.sink)
+        sinks = {}
+        for en in reversed(entries):
+            if en.on_delta is not None:
+                sinks[en.query.id] = en.on_delta
+
+        def on_delta(d):
+            s = sinks.get(d.query_id)
+            if s is not None:
+                s(d)
+
+        wait_s = time.monotonic() - min(en.t for en in entries)
+        if self.sink is not None:
+            self.sink.emit("batch", expert=expert, size=len(entries), wait_s=wait_s)
         try:
-            res = self.executor.run_stage(work, upcoming)
+            plan = self.executor.scheduler.plan(work, self.executor.resident, upcoming)
+            cands = self.executor.run_group(plan.groups[0], [en.query for en in entries], events,
+                                            on_delta if sinks else None)
+            res = StageResult(cands, list(events))
         except BaseException as exc:  # noqa: BLE001 - every waiting caller hears about it
             with self._cond:
                 self._stats["failed_batches"] += 1

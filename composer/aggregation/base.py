@@ -39,6 +39,7 @@ def errors_of(cands: list[Candidate]) -> str:
 
 class Aggregator(abc.ABC):
     kind = "base"
+    PARAMS: frozenset[str] = frozenset()  # the `params` keys this kind reads (experts.yaml checks them)
 
     def __init__(self, expert: str | None = None, **params):
         self.expert = expert

@@ -43,6 +43,7 @@ class SynthesisAggregator(Aggregator):
     """Shared machinery: building aggregation calls under the context policy."""
 
     kind = "synthesis"
+    PARAMS = frozenset({"answer_format", "aggregator_temperature", "chars_per_token", "context_length"})
     expert_spec_: Callable | None = None
 
     def bind(self, expert_spec: Callable) -> "SynthesisAggregator":
@@ -142,6 +143,7 @@ class MoA(SynthesisAggregator):
     aggregator_temperature (default 0), answer_format (auto|choice|number|exact|free)."""
 
     kind = "moa"
+    PARAMS = SynthesisAggregator.PARAMS | {"layers", "temperature", "seed"}
 
     def run(self, queries, decisions, run_stage):
         layers = int(self.params.get("layers", 1))
@@ -186,6 +188,7 @@ class SelfMoA(SynthesisAggregator):
     aggregator_temperature (default 0), answer_format."""
 
     kind = "self_moa"
+    PARAMS = SynthesisAggregator.PARAMS | {"samples", "temperature", "seed"}
 
     def _samples(self, queries, decisions, run_stage, st: _Staged, upcoming) -> dict[int, list[str]]:
         n = int(self.params.get("samples", 4))
@@ -217,6 +220,7 @@ class SelfMoASeq(SelfMoA):
     """Sequential Self-MoA. Params as SelfMoA plus window (default 3, >= 2)."""
 
     kind = "self_moa_seq"
+    PARAMS = SelfMoA.PARAMS | {"window"}
 
     def run(self, queries, decisions, run_stage):
         w = int(self.params.get("window", 3))

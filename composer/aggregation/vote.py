@@ -135,6 +135,7 @@ class Vote(Aggregator):
     `temperature` (default 0.7) with seeds seed, seed+1, ... (default: the query's seed, else 0)."""
 
     kind = "vote"
+    PARAMS = frozenset({"answer_type", "samples", "temperature", "seed"})
 
     def run(self, queries, decisions, run_stage):
         p = self.params

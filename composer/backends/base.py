@@ -1,8 +1,16 @@
 """The Backend contract every expert runtime implements.
 
 A backend is created from its ExpertSpec (constructor stores it, nothing else), then
-`load()` makes it ready, `generate(queries)` answers a batch (list in, list out, same length),
-and `unload()` frees what `load()` took. `footprint` is the memory it needs while loaded.
+`load()` makes it ready, `generate(queries, on_delta)` answers a batch (list in, list out, same
+length), and `unload()` frees what `load()` took. `footprint` is the memory it needs while loaded.
+
+Streaming: with `on_delta`, a backend calls `on_delta(Delta)` for each piece of text (or tool-call
+delta) as it is generated, and still returns the finished Candidates. Remote backends also offer
+`acall(query, on_delta)`, a coroutine for one call on the runtime's event loop (no thread per call);
+cancelling its task closes the upstream request.
+
+Failures are Candidates with `call_error` set (composer.runtime.errors.failure), never strings in
+metadata.
 """
 
 from __future__ import annotations
@@ -10,10 +18,11 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from composer.errors import BackendError
-from composer.types import Candidate, Query, Usage
+from composer.runtime.errors import failure
+from composer.types import Candidate, Delta, Query, Usage
 
 if TYPE_CHECKING:
     from composer.config import ExpertSpec
@@ -49,10 +58,12 @@ class Backend(abc.ABC):
         """The answer for a cancelled query (and forget the cancel, so ids can be reused)."""
         with self._cancel_lock:
             self._cancel_ids.discard(q.id)
-        return Candidate(q.id, self.name, "", Usage(latency_s=seconds),
-                         error=f"expert '{self.name}': generation cancelled",
-                         metadata={"error_type": "cancelled", "retryable": False,
-                                   "tokens_before_cancel": tokens})
+        return failure(q.id, self.name, "cancelled", f"expert '{self.name}': generation cancelled",
+                       usage=Usage(latency_s=seconds), tokens_before_cancel=tokens)
+
+    def forget_cancel(self, query_ids) -> None:
+        with self._cancel_lock:
+            self._cancel_ids.difference_update(query_ids)
 
     @property
     def name(self) -> str:
@@ -96,14 +107,15 @@ class Backend(abc.ABC):
         self.last_unload_s = time.perf_counter() - t0
         return self.last_unload_s
 
-    def generate(self, queries: list[Query]) -> list[Candidate]:
+    def generate(self, queries: list[Query], on_delta: Callable[[Delta], None] | None = None) -> list[Candidate]:
         """Answer a batch. Per-query failures come back as Candidates with `error` set; a
-        failure of the whole backend raises BackendError."""
+        failure of the whole backend raises BackendError. With `on_delta`, pieces of each
+        answer are passed to it as they are generated."""
         if not queries:
             return []
         if not self._loaded:
             self.load()
-        out = self._generate(list(queries))
+        out = self._generate(list(queries), on_delta)
         if len(out) != len(queries):
             raise BackendError(f"returned {len(out)} candidates for {len(queries)} queries",
                                expert=self.name)
@@ -138,7 +150,13 @@ class Backend(abc.ABC):
     def _unload(self) -> None: ...
 
     @abc.abstractmethod
-    def _generate(self, queries: list[Query]) -> list[Candidate]: ...
+    def _generate(self, queries: list[Query], on_delta: Callable[[Delta], None] | None = None) -> list[Candidate]: ...
+
+    async def acall(self, q: Query, on_delta: Callable[[Delta], None] | None = None) -> Candidate:
+        """One call as a coroutine (remote backends override this with a real async call)."""
+        import asyncio  # noqa: PLC0415
+
+        return (await asyncio.to_thread(self.generate, [q], on_delta))[0]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, loaded={self._loaded})"

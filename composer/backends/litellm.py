@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from composer.backends.base import Backend
-from composer.backends.openai_chat import chat_batch
+from composer.backends.openai_chat import achat_call, chat_batch
 from composer.errors import ExpertLoadError
 
 
@@ -28,6 +28,12 @@ class LiteLLMBackend(Backend):
     def _unload(self) -> None:
         pass
 
-    def _generate(self, queries):
-        return chat_batch(self, queries, model=self.spec.model, api_base=self.spec.api_base,
+    def _generate(self, queries, on_delta=None):
+        return chat_batch(self, queries, on_delta, model=self.spec.model, api_base=self.spec.api_base,
                           api_key=self._key())
+
+    async def acall(self, q, on_delta=None):
+        if not self._loaded:
+            self.load()
+        return await achat_call(self, q, on_delta, model=self.spec.model, api_base=self.spec.api_base,
+                                api_key=self._key())

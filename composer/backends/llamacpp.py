@@ -20,7 +20,10 @@ import numpy as np
 from composer.backends.base import Backend
 from composer.errors import ExpertLoadError
 from composer.models import ModelNotFoundError, resolve_model_path
-from composer.types import Candidate, Query, Usage
+from composer.backends.params import (delta_fields, llamacpp_kwargs, llamacpp_messages, merge_tool_calls,
+                                      message_fields)
+from composer.runtime.errors import failure
+from composer.types import Candidate, Delta, Query, Usage
 
 
 def completion_prompt(q: Query) -> str:
@@ -109,36 +112,85 @@ class LlamaCppBackend(Backend):
         """Token count of `text` with this model's tokenizer (model must be loaded)."""
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False))
 
-    def _generate(self, queries: list[Query]) -> list[Candidate]:
-        return [self._one(q) for q in queries]
+    def _generate(self, queries: list[Query], on_delta=None) -> list[Candidate]:
+        return [self._one(q, on_delta) for q in queries]
 
-    def _one(self, q: Query) -> Candidate:
-        s = self.settings_for(q)
+    def _request(self, q: Query, stream: bool):
+        kw = {**llamacpp_kwargs(self, q), "stream": stream}
+        kw["logits_processor"] = kw.get("logits_processor", []) + self._stopper(q.id)  # params' logit_bias first
+        if self.spec.chat_format == "completion":
+            return self._llm.create_completion(prompt=completion_prompt(q), **kw)
+        return self._llm.create_chat_completion(messages=llamacpp_messages(self.messages_for(q)), **kw)
+
+    def _overflow(self, q: Query, exc: ValueError, t0: float) -> Candidate:
+        """llama.cpp reports a prompt that does not fit as a ValueError; it is the only
+        ValueError its completion calls raise for a well-formed request."""
+        msg = f"expert '{self.name}': {exc}"
+        text = str(exc).lower()
+        kind = "context_overflow" if ("context" in text or "exceed" in text) else "bad_request"
+        return failure(q.id, self.name, kind, msg, usage=Usage(latency_s=time.perf_counter() - t0))
+
+    def _one(self, q: Query, on_delta=None) -> Candidate:
         if self.is_cancelled(q.id):
             return self.cancelled_candidate(q, 0.0)
-        kw = dict(max_tokens=s["max_tokens"], temperature=s["temperature"], top_p=s["top_p"],
-                  stop=s["stop"] or None, logits_processor=self._stopper(q.id))
-        if s["seed"] is not None:
-            kw["seed"] = s["seed"]
         t0 = time.perf_counter()
+        if on_delta is not None:
+            return self._streamed(q, on_delta, t0)
         try:
-            if self.spec.chat_format == "completion":
-                res = self._llm.create_completion(prompt=completion_prompt(q), **kw)
-                text = res["choices"][0]["text"]
-            else:
-                res = self._llm.create_chat_completion(messages=self.messages_for(q), **kw)
-                text = res["choices"][0]["message"]["content"] or ""
+            res = self._request(q, stream=False)
         except ValueError as exc:
-            overflow = "context" in str(exc).lower() or "exceed" in str(exc).lower()
-            return Candidate(q.id, self.name, "", Usage(latency_s=time.perf_counter() - t0),
-                             error=f"expert '{self.name}': {exc}",
-                             metadata={"error_type": "context_overflow" if overflow else "bad_request",
-                                       "retryable": False})
+            return self._overflow(q, exc, t0)
+        choice = res["choices"][0]
+        if self.spec.chat_format == "completion":
+            text, tool_calls = choice["text"], None
+        else:
+            text, tool_calls = message_fields(choice["message"])
         usage = res.get("usage") or {}
         if self.is_cancelled(q.id):
             return self.cancelled_candidate(q, time.perf_counter() - t0, int(usage.get("completion_tokens", 0)))
         pt, ct = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        return Candidate(q.id, self.name, text.strip(),
-                         Usage(pt, ct, self.cost(pt, ct), time.perf_counter() - t0),
-                         finish_reason=res["choices"][0].get("finish_reason"))
+        return Candidate(q.id, self.name, text.strip(), Usage(pt, ct, self.cost(pt, ct), time.perf_counter() - t0),
+                         finish_reason="tool_calls" if tool_calls else choice.get("finish_reason"),
+                         tool_calls=tool_calls, logprobs=choice.get("logprobs"))
 
+    def _streamed(self, q: Query, on_delta, t0: float) -> Candidate:
+        """Generate with stream=True, passing each piece on as it is decoded; a cancel ends the
+        generation at the next token (the generator is closed, llama.cpp stops decoding)."""
+        parts: list[str] = []
+        tool_calls: list[dict] = []
+        finish, ct = None, 0
+        completion = self.spec.chat_format == "completion"
+        try:
+            stream = self._request(q, stream=True)
+        except ValueError as exc:
+            return self._overflow(q, exc, t0)
+        try:
+            for chunk in stream:
+                if self.is_cancelled(q.id):
+                    return self.cancelled_candidate(q, time.perf_counter() - t0, ct)
+                choice = chunk["choices"][0]
+                if completion:
+                    text, tcs = choice.get("text") or "", None
+                else:
+                    text, tcs = delta_fields(choice.get("delta") or {})
+                finish = choice.get("finish_reason") or finish
+                if text or tcs:
+                    ct += 1
+                    if tcs:
+                        tool_calls.extend(tcs)
+                    on_delta(Delta(q.id, self.name, text, tool_calls=tcs, logprobs=choice.get("logprobs")))
+                    parts.append(text)
+        except ValueError as exc:
+            return self._overflow(q, exc, t0)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if self.is_cancelled(q.id):
+            return self.cancelled_candidate(q, time.perf_counter() - t0, ct)
+        total = int(getattr(self._llm, "n_tokens", 0) or 0)
+        pt = max(0, total - ct)
+        merged = merge_tool_calls(tool_calls) if tool_calls else None
+        return Candidate(q.id, self.name, "".join(parts).strip(), Usage(pt, ct, self.cost(pt, ct),
+                                                                         time.perf_counter() - t0),
+                         finish_reason="tool_calls" if merged else finish, tool_calls=merged)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from composer.backends.base import Backend
 from composer.errors import ExpertLoadError
-from composer.types import Candidate, Query, Usage
+from composer.runtime.errors import failure
+from composer.types import Delta, Candidate, Query, Usage
 
 
 class ReplayBackend(Backend):
@@ -54,15 +55,14 @@ class ReplayBackend(Backend):
         return (self._by_id.get(str(key)) if key is not None else None) \
             or self._by_id.get(q.id) or self._by_prompt.get(q.text)
 
-    def _generate(self, queries: list[Query]) -> list[Candidate]:
+    def _generate(self, queries: list[Query], on_delta=None) -> list[Candidate]:
         out = []
         for q in queries:
             t0 = time.perf_counter()
             r = self._row(q)
             if r is None:
-                out.append(Candidate(q.id, self.name, "", Usage(), error=(
-                    f"expert '{self.name}': no recorded outcome for query '{q.id}' in {self._path()}"),
-                    metadata={"error_type": "not_recorded", "retryable": False}))
+                out.append(failure(q.id, self.name, "not_recorded",
+                                   f"expert '{self.name}': no recorded outcome for query '{q.id}' in {self._path()}"))
                 continue
             score = None if r["score"] is None or (isinstance(r["score"], float) and math.isnan(r["score"])) \
                 else float(r["score"])
@@ -72,6 +72,8 @@ class ReplayBackend(Backend):
             ct = max(1, len(text) // 4) if text else 0
             if cost is None or (isinstance(cost, float) and math.isnan(cost)):
                 cost = self.cost(pt, ct)
+            if on_delta is not None and text:
+                on_delta(Delta(q.id, self.name, text))
             out.append(Candidate(q.id, self.name, text, Usage(pt, ct, float(cost), time.perf_counter() - t0),
                                  finish_reason="replay", score=score,
                                  metadata={"outcome_query_id": r["query_id"], "task": r["task"]}))

@@ -34,7 +34,7 @@ import weakref
 import httpx
 
 from composer.backends.base import Backend
-from composer.backends.openai_chat import chat_batch
+from composer.backends.openai_chat import achat_call, chat_batch
 from composer.errors import ExpertLoadError
 from composer.models import ModelNotFoundError, resolve_model_path
 
@@ -193,7 +193,17 @@ class ServerBackend(Backend):
         if self.managed:
             self.api_base = self.spec.api_base
 
-    def _generate(self, queries):
+    def _call_kw(self) -> dict:
         key = os.environ.get(self.spec.api_key_env) if self.spec.api_key_env else None
-        return chat_batch(self, queries, model=f"openai/{self._served_model}", api_base=self.api_base,
-                          api_key=key or "not-needed", stream=True)
+        return dict(model=f"openai/{self._served_model}", api_base=self.api_base, api_key=key or "not-needed")
+
+    def _generate(self, queries, on_delta=None):
+        return chat_batch(self, queries, on_delta, stream=True, **self._call_kw())
+
+    async def acall(self, q, on_delta=None):
+        """A managed server is reached like any OpenAI-compatible upstream, asynchronously."""
+        if not self._loaded:
+            import asyncio  # noqa: PLC0415
+
+            await asyncio.to_thread(self.load)
+        return await achat_call(self, q, on_delta, **self._call_kw())
