@@ -60,7 +60,9 @@ class ExpertSpec(_Strict):
         "Memory needed while loaded; derived from the model file size when omitted."))
     price: Price = Field(default_factory=Price, description="Price per 1M tokens (USD).")
     skills: list[str] = Field(default_factory=list, description="Skills/tags for symbolic routing.")
-    concurrency: int = Field(1, ge=1, description="Maximum concurrent calls to this expert.")
+    concurrency: int | None = Field(None, ge=1, description=(
+        "Maximum concurrent calls to this expert (default: 64 for remote litellm/server experts, "
+        "which run asynchronously; 1 for in-process ones)."))
     timeout_s: float = Field(120.0, gt=0, description="Per-call timeout in seconds.")
     api_base: str | None = Field(None, description="Base URL for litellm/server experts.")
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
@@ -187,6 +189,12 @@ class RegistryConfig(_Strict):
             for j, x in enumerate(p.experts):
                 if x not in names:
                     raise _RefError(("pipelines", i, "experts", j), f"unknown expert '{x}'")
+            from composer.aggregation import aggregator_class, unknown_params  # noqa: PLC0415 - light modules
+
+            for key in unknown_params(p.aggregator.kind, p.aggregator.params):
+                known = ", ".join(sorted(aggregator_class(p.aggregator.kind).PARAMS)) or "(none)"
+                raise _RefError(("pipelines", i, "aggregator", "params", key),
+                                f"unknown parameter '{key}' for aggregator '{p.aggregator.kind}'; known: {known}")
             if p.aggregator.expert is not None and p.aggregator.expert not in names:
                 raise _RefError(("pipelines", i, "aggregator", "expert"),
                                 f"unknown expert '{p.aggregator.expert}'")
