@@ -17,6 +17,15 @@ Formats (pick one with `format=`, or let `detect_format` choose):
 
 Every reader raises `OutcomeFormatError` naming the file, the row and the column.
 Row numbers count data records from 1 (a CSV header is not a row; a multi-line prompt is one row).
+
+Readers return a long `pandas.DataFrame` (the table's columns plus ``_row``, the record number
+in the file, so duplicate and conflict messages can name both rows); `composer.outcomes` turns
+it into an `OutcomeTable` (merging duplicates by its policy). This module does not import
+`composer.outcomes`: the dependency goes one way.
+
+Score kinds (how a score counts as accuracy; see `composer.outcomes.SCORE_KINDS`): the RouterDC
+reader sets one per file, RouterDC's own way (`routerdc_score_kind`); the other readers leave
+it to the table, which infers it from the values.
 """
 
 from __future__ import annotations
@@ -31,12 +40,16 @@ import numpy as np
 import pandas as pd
 
 from composer.errors import OutcomeFormatError
-from composer.outcomes import OutcomeTable
 
-FORMATS = ("routerdc", "routellm", "routerbench", "long")
+FORMATS = ("routerdc", "routellm", "routerbench", "long", "feedback")
 _TRUE = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 _MISSING = {"", "nan", "none", "null", "na", "n/a"}
 _SPLIT_SUFFIX = re.compile(r"[_-](train|test|val|valid|dev)$", re.IGNORECASE)
+# RouterDC's evaluation (train_router_mdeberta.py): "probability" tasks count a query right when the
+# chosen model's score is > 0 (the value is the answer's probability when right, 0 when wrong);
+# "multi_attempt" tasks score the share of the 10 sampled answers that were right.
+ROUTERDC_PROBABILITY = {"mmlu", "cmmlu", "arc_challenge", "arc_easy", "ceval", "math_prealgebra"}
+ROUTERDC_MULTI_ATTEMPT = {"gsm8k", "humaneval", "mbpp", "javascript"}
 
 
 def parse_scores(values: pd.Series, *, source: str, column: str, row_offset: int = 1) -> pd.Series:
@@ -128,7 +141,10 @@ def detect_format(path: Path) -> str:
             f"{path}: row 0 (header): unknown CSV outcome format {header[:6]}; expected RouterBench "
             "(prompt, eval_name, <model>, <model>|total_cost, ...), RouteLLM (prompt, <model>...) "
             "or long (prompt, expert, score, ...) columns")
-    raise OutcomeFormatError(f"{path}: unknown outcome file type '{suffix}'; use .json, .jsonl or .csv")
+    if suffix in (".sqlite", ".db"):  # a feedback store (composer/feedback.py)
+        return "feedback"
+    raise OutcomeFormatError(f"{path}: unknown outcome file type '{suffix}'; use .json, .jsonl, .csv "
+                             "or a feedback store (.sqlite)")
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -139,11 +155,14 @@ def _csv_header(path: Path) -> list[str]:
             raise OutcomeFormatError(f"{path}: the file is empty") from None
 
 
-def read_file(path: str | Path, format: str = "auto") -> OutcomeTable:
+def read_frame(path: str | Path, format: str = "auto") -> pd.DataFrame:
+    """One outcome file as a long frame (with `_row`); see the module docstring for the formats."""
     path = Path(path)
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in FORMATS:
         raise OutcomeFormatError(f"unknown outcome format '{format}'; known: auto, {', '.join(FORMATS)}")
+    if fmt == "feedback":  # a feedback store builds its own table: composer.outcomes.read_file reads it
+        raise OutcomeFormatError(f"{path}: a feedback store is read by composer.outcomes.read_outcomes, not as a frame")
     reader = {"routerdc": read_routerdc, "routellm": read_routellm,
               "routerbench": read_routerbench, "long": read_long}[fmt]
     return reader(path)
@@ -151,7 +170,22 @@ def read_file(path: str | Path, format: str = "auto") -> OutcomeTable:
 
 # -- readers ---------------------------------------------------------------------------------
 
-def read_routerdc(path: str | Path) -> OutcomeTable:
+def routerdc_score_kind(task: str, scores: np.ndarray) -> str:
+    """RouterDC's score type of a file: by its task name, else by its values (multiples of 0.1,
+    i.e. k of 10 samples: the share of right samples; other values: an answer probability)."""
+    name = task.lower()
+    if name in ROUTERDC_PROBABILITY:
+        return "correct_if_positive"
+    if name in ROUTERDC_MULTI_ATTEMPT:
+        return "fraction"
+    v = scores[np.isfinite(scores)]
+    if v.size and np.isin(v, (0.0, 1.0)).all():
+        return "binary"
+    tenths = np.abs(v * 10 - np.round(v * 10)) < 1e-9
+    return "fraction" if tenths.all() else "correct_if_positive"
+
+
+def read_routerdc(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -160,7 +194,7 @@ def read_routerdc(path: str | Path) -> OutcomeTable:
     if not isinstance(data, list):
         raise OutcomeFormatError(f"{path}: expected a JSON list of {{question, scores}} records")
     task = task_from_name(path, "routerdc")
-    qid, prompt, expert, score = [], [], [], []
+    qid, prompt, expert, score, rows = [], [], [], [], []
     for i, item in enumerate(data):
         row = i + 1
         if not isinstance(item, dict):
@@ -183,11 +217,13 @@ def read_routerdc(path: str | Path) -> OutcomeTable:
             prompt.append(q)
             expert.append(str(model))
             score.append(float(s))
+            rows.append(row)
     if not qid:
         raise OutcomeFormatError(f"{path}: no outcome records")
-    frame = pd.DataFrame({"query_id": qid, "prompt": prompt, "task": task, "expert": expert,
-                          "score": score, "cost": np.nan, "response": None})
-    return OutcomeTable.from_frame(frame, str(path))
+    values = np.asarray(score, dtype=float)
+    return pd.DataFrame({"query_id": qid, "prompt": prompt, "task": task, "expert": expert,
+                         "score": values, "cost": np.nan, "response": None,
+                         "score_kind": routerdc_score_kind(task, values), "_row": rows})
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -199,7 +235,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise OutcomeFormatError(f"{path}: the file is empty") from None
 
 
-def read_routellm(path: str | Path) -> OutcomeTable:
+def read_routellm(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     df = _read_csv(path)
     if not len(df.columns) or df.columns[0] != "prompt":
@@ -222,11 +258,12 @@ def read_routellm(path: str | Path) -> OutcomeTable:
             "score": parse_scores(df[m], source=str(path), column=m),
             "cost": np.nan,
             "response": resp.where(resp != "", None) if resp is not None else None,
+            "_row": np.arange(1, len(df) + 1),
         }))
-    return OutcomeTable.from_frame(_interleave(parts), str(path))
+    return _interleave(parts)
 
 
-def read_routerbench(path: str | Path) -> OutcomeTable:
+def read_routerbench(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     df = _read_csv(path)
     cols = list(df.columns)
@@ -262,11 +299,12 @@ def read_routerbench(path: str | Path) -> OutcomeTable:
             "cost": (parse_scores(df[cost_col], source=str(path), column=cost_col)
                      if cost_col in cols else np.nan),
             "response": resp.where(resp != "", None) if resp is not None else None,
+            "_row": np.arange(1, len(df) + 1),
         }))
-    return OutcomeTable.from_frame(_interleave(parts), str(path))
+    return _interleave(parts)
 
 
-def read_long(path: str | Path) -> OutcomeTable:
+def read_long(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.suffix.lower() == ".csv":
         df = _read_csv(path)
@@ -305,7 +343,8 @@ def read_long(path: str | Path) -> OutcomeTable:
     for col in ("score", "cost"):
         if col in df.columns:
             df[col] = parse_scores(df[col].astype(object), source=str(path), column=col)
-    return OutcomeTable.from_frame(df, str(path))
+    df["_row"] = np.arange(1, len(df) + 1)
+    return df
 
 
 def _interleave(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Offline router evaluation: train on outcome tables, replay decisions on held-out ones.
 
-No model runs: a decision's quality is the recorded score of the expert it chose, its cost the
-recorded (or price-estimated) cost. For every router and task it reports accuracy, cost, the
+No model runs: a decision's quality is the recorded score of the expert it chose, counted as
+accuracy by its task's score kind (a `correct_if_positive` score counts 1 when > 0: RouterDC's
+metric), its cost the recorded (or price-estimated) cost. For every router and task it reports accuracy, cost, the
 oracle gap closed, the cost-quality curve of its lam / threshold / top-p sweep, RouteLLM's
 CPT(20/50/80%), AUC and APGR (strong/weak pairs), and RouterBench's AIQ against the zero router.
 Missing scores are excluded and counted, never read as 0.
@@ -42,7 +43,7 @@ class Replay:
         self.prompts = test.prompts()
         self.tasks = np.asarray(test.task_of().tolist())
         self.task_names = list(dict.fromkeys(self.tasks.tolist()))
-        self.Y = test.score_matrix(experts).to_numpy(dtype=float)
+        self.Y = test.credit_matrix(experts).to_numpy(dtype=float)
         C = test.cost_matrix(experts).to_numpy(dtype=float)
         self.cost_unit = "usd" if np.isfinite(C).any() else "calls"
         if self.cost_unit == "calls":
@@ -89,7 +90,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
         raise RoutingError(f"train and test tables must have the same experts; differing: {missing}")
     params = params or {}
     embedder = embedder or Embedder()
-    train_means = train.mean_scores().reindex(experts).to_numpy(dtype=float)
+    train_means = train.accuracies().reindex(experts).to_numpy(dtype=float)
     train_costs = train.cost_matrix(experts).to_numpy(dtype=float)
     exp_costs = (np.nan_to_num(np.nanmean(train_costs, axis=0), nan=0.0) if np.isfinite(train_costs).any()
                  else np.zeros(len(experts)))
@@ -98,6 +99,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
         "train": train.source, "test": test.source, "experts": experts, "tasks": rep.task_names,
         "n_train_queries": train.n_queries, "n_test_queries": test.n_queries, "cost_unit": rep.cost_unit,
         "task_sizes": {t: int((rep.tasks == t).sum()) for t in rep.task_names},
+        "score_kinds": {"train": train.score_kinds, "test": test.score_kinds},
         "routers": {}, "params": params,
     }
     n = len(rep.query_ids)

@@ -148,13 +148,16 @@ class Router:
 
     # -- fitting ----------------------------------------------------------------------------
     def fit(self, outcomes, *, embedder: Embedder | None = None) -> "Router":
-        """Learn from an OutcomeTable. Returns self."""
+        """Learn from an OutcomeTable. Returns self.
+
+        The targets are the table's accuracy credit (`credit_matrix`: a correct_if_positive score
+        counts 1 when > 0), i.e. what `composer eval` measures, not the raw stored values."""
         if outcomes.n_queries == 0:
             raise RoutingError(f"cannot fit router '{self.name}' on an empty outcome table")
         if embedder is not None:
             self._embedder = embedder
         self.experts_ = list(outcomes.experts)
-        Y = outcomes.score_matrix(self.experts_).to_numpy(dtype=float)
+        Y = outcomes.credit_matrix(self.experts_).to_numpy(dtype=float)
         if np.isnan(Y).all(axis=0).any():
             empty = [e for e, col in zip(self.experts_, np.isnan(Y).all(axis=0)) if col]
             raise RoutingError(f"expert(s) {empty} have no recorded score in {outcomes.source}; drop them")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from composer.cli.main import app, register_commands
 from composer.config import Price
 from composer.errors import OutcomeFormatError
-from composer.outcomes import OutcomeTable, concat, estimate_tokens, load_prices, read_outcomes
+from composer.outcomes import OutcomeTable, concat, estimate_tokens, load_prices, parse_score_kinds, read_outcomes
 
 DATA = Path(os.environ.get("COMPOSER_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 RDC = DATA / "outcomes" / "routerdc-7b"
@@ -73,7 +73,9 @@ def test_routerdc_mmlu_test_matches_the_file():
     for m in RDC_MODELS:
         expect = sum(x["scores"][m] for x in raw) / len(raw)
         assert t.mean_scores()[m] == pytest.approx(expect)
-    assert t.oracle_score() == pytest.approx(sum(max(x["scores"].values()) for x in raw) / len(raw))
+    # accuracy by RouterDC's metric: a multiple-choice score counts as right when > 0
+    assert t.score_kinds == {"mmlu": "correct_if_positive"}
+    assert t.oracle_score() == pytest.approx(sum(max(x["scores"].values()) > 0 for x in raw) / len(raw))
     assert t.missing_counts().sum() == 0
     assert t.prompts()[0] == raw[0]["question"]
 
@@ -251,8 +253,8 @@ def test_cli_summary_json_routerbench(tmp_path):
     s = json.loads(r.output)
     assert s["queries"] == 3
     assert s["experts"]["WizardLM/WizardLM-13B-V1.2"] == {
-        "rows": 3, "scored": 2, "missing": 1, "mean_score": 0.5, "total_cost": pytest.approx(0.00003),
-        "cost_missing": 1}
+        "rows": 3, "scored": 2, "missing": 1, "mean_score": 0.5, "accuracy": 0.5,
+        "total_cost": pytest.approx(0.00003), "cost_missing": 1}
     assert s["oracle_score"] == 1.0
 
 
@@ -263,3 +265,146 @@ def test_cli_summary_bad_file_exits_2(tmp_path):
     r = CliRunner().invoke(app, ["outcomes", "summary", str(p)])
     assert r.exit_code == 2
     assert "row 1" in r.output and "modelA" in r.output
+
+
+# -- score kinds: RouterDC's metric -------------------------------------------------------------
+
+# Issue 14's table, RouterDC's metric on RouterDC's own test files (percent).
+ISSUE_BEST_SINGLE = {"mmlu_test.json": 59.46, "cmmlu_test.json": 44.72, "gsm8k-test.json": 69.81,
+                     "arc_challenge_test.json": 49.43, "humaneval_test.json": 49.39,
+                     "MATH_prealgebra.json": 39.72, "mbpp.json": 47.34, "ceval.json": 44.80}
+ISSUE_BEST_PER_TASK = {"mmlu_test.json": 64.59, "cmmlu_test.json": 51.77, "gsm8k-test.json": 69.81,
+                       "arc_challenge_test.json": 57.95, "humaneval_test.json": 49.39,
+                       "MATH_prealgebra.json": 39.72, "mbpp.json": 47.34, "ceval.json": 52.01}
+
+
+def test_routerdc_reader_sets_score_kind_per_file():
+    kinds = {f: read_outcomes(RDC / f).score_kinds for f in ISSUE_BEST_SINGLE}
+    assert kinds["mmlu_test.json"] == {"mmlu": "correct_if_positive"}
+    assert kinds["ceval.json"] == {"ceval": "correct_if_positive"}
+    assert kinds["MATH_prealgebra.json"] == {"MATH_prealgebra": "correct_if_positive"}
+    assert kinds["gsm8k-test.json"] == {"gsm8k": "fraction"}
+    assert kinds["humaneval_test.json"] == {"humaneval": "fraction"}
+    assert kinds["mbpp.json"] == {"mbpp": "fraction"}
+
+
+def test_issue_table_rows_reproduce_on_routerdc_metric():
+    """Best single model (dolphin-2.9, by the in-distribution average) and best model per task."""
+    acc = {f: 100 * read_outcomes(RDC / f).accuracies() for f in ISSUE_BEST_SINGLE}
+    id_files = list(ISSUE_BEST_SINGLE)[:5]
+    id_avg = sum(acc[f] for f in id_files) / 5
+    assert id_avg.idxmax() == "cognitivecomputations/dolphin-2.9-llama3-8b"
+    assert id_avg.max() == pytest.approx(54.56, abs=0.01)
+    for f, want in ISSUE_BEST_SINGLE.items():
+        assert acc[f]["cognitivecomputations/dolphin-2.9-llama3-8b"] == pytest.approx(want, abs=0.005), f
+    for f, want in ISSUE_BEST_PER_TASK.items():
+        assert acc[f].max() == pytest.approx(want, abs=0.005), f
+    # the raw mean (what eval reported before score kinds) is not RouterDC's number
+    raw = 100 * read_outcomes(RDC / "mmlu_test.json").mean_scores()
+    assert abs(raw["cognitivecomputations/dolphin-2.9-llama3-8b"] - 59.46) > 5
+
+
+def test_score_kind_override_is_checked_against_the_values():
+    t = read_outcomes(RDC / "humaneval_test.json")
+    assert t.with_score_kinds({"humaneval": "correct_if_positive"}).accuracies().max() > t.accuracies().max()
+    with pytest.raises(OutcomeFormatError, match=r"score 0\.\d+ does not fit task 'humaneval''s score kind binary"):
+        t.with_score_kinds({"humaneval": "binary"})
+    with pytest.raises(OutcomeFormatError, match=r"task\(s\) \['mmlu'\]"):
+        t.with_score_kinds({"mmlu": "binary"})
+    with pytest.raises(OutcomeFormatError, match="expected TASK=KIND"):
+        parse_score_kinds(["humaneval=probability"])
+    assert parse_score_kinds(["a=binary,b=graded", "c=fraction"]) == {"a": "binary", "b": "graded", "c": "fraction"}
+
+
+def test_score_kind_is_inferred_and_round_trips(tmp_path):
+    t = OutcomeTable.from_records([
+        {"query_id": "q1", "prompt": "a", "task": "judge", "expert": "A", "score": 7},
+        {"query_id": "q1", "prompt": "a", "task": "judge", "expert": "B", "score": 3},
+        {"query_id": "q2", "prompt": "b", "task": "qa", "expert": "A", "score": 1},
+        {"query_id": "q2", "prompt": "b", "task": "qa", "expert": "B", "score": 0},
+    ])
+    assert t.score_kinds == {"judge": "graded", "qa": "binary"}
+    rdc = read_outcomes(RDC / "arc_challenge_test.json")
+    rdc.to_jsonl(tmp_path / "arc.jsonl")
+    back = read_outcomes(tmp_path / "arc.jsonl")
+    assert back.score_kinds == {"arc_challenge": "correct_if_positive"}
+    np.testing.assert_allclose(back.accuracies().to_numpy(), rdc.accuracies().to_numpy())
+
+
+def test_cli_eval_style_score_kind_override_in_summary():
+    register_commands()
+    r = CliRunner().invoke(app, ["outcomes", "summary", str(RDC / "humaneval_test.json"), "--json",
+                                 "--score-kind", "humaneval=correct_if_positive"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["score_kinds"] == {"humaneval": "correct_if_positive"}
+    r = CliRunner().invoke(app, ["outcomes", "summary", str(RDC / "humaneval_test.json"), "--score-kind", "humaneval"])
+    assert r.exit_code == 2 and "TASK=KIND" in r.output
+
+
+# -- duplicate rows: merge, or a stated policy --------------------------------------------------
+
+def _split_rows() -> list[dict]:
+    """RouterBench-format rows where sample mmlu.a.1 is listed twice: gpt-4 and mixtral's scores in
+    one row, WizardLM's in the other (empty where absent), as public files do."""
+    g, m, w = "gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "WizardLM/WizardLM-13B-V1.2"
+    rows = routerbench_rows()
+    first = dict(rows[0])
+    second = dict(rows[0])
+    first.update({w: "", f"{w}|model_response": "", f"{w}|total_cost": ""})
+    second.update({g: "", m: "", f"{g}|model_response": "", f"{m}|model_response": "",
+                   f"{g}|total_cost": "", f"{m}|total_cost": ""})
+    return [first, rows[1], second, rows[2]]
+
+
+def test_complementary_duplicate_rows_merge_and_are_reported(tmp_path):
+    path = write_routerbench(tmp_path / "rb.csv", _split_rows())
+    t = read_outcomes(path)
+    whole = read_outcomes(write_routerbench(tmp_path / "whole.csv", routerbench_rows()))
+    assert t.query_ids == whole.query_ids and len(t) == len(whole) == 9
+    np.testing.assert_array_equal(t.score_matrix().to_numpy(), whole.score_matrix().to_numpy())
+    np.testing.assert_allclose(t.cost_matrix().to_numpy(), whole.cost_matrix().to_numpy())
+    rep = t.report[0]
+    assert rep["pairs_merged"] == 3 and rep["complementary"] == 3 and rep["conflicts"] == 0
+    assert rep["rows_dropped"] == 3
+    assert "merged them into one row each (3 complementary" in t.report_lines()[0]
+
+
+def test_conflicting_duplicates_error_first_mean(tmp_path):
+    rows = _split_rows()
+    rows[2]["gpt-4-1106-preview"] = "0.0"  # row 3 disagrees with row 1 (1.0) for gpt-4
+    path = write_routerbench(tmp_path / "rb.csv", rows)
+    with pytest.raises(OutcomeFormatError) as e:
+        read_outcomes(path)
+    msg = str(e.value)
+    assert "rows 1 and 3" in msg and "'gpt-4-1106-preview'" in msg and "mmlu.a.1" in msg and "--on-duplicate" in msg
+    first = read_outcomes(path, on_duplicate="first")
+    mean = read_outcomes(path, on_duplicate="mean")
+    assert first.score_matrix().loc["mmlu.a.1", "gpt-4-1106-preview"] == 1.0
+    assert mean.score_matrix().loc["mmlu.a.1", "gpt-4-1106-preview"] == 0.5
+    assert mean.report[0]["conflicts"] == 1 and "averaged the values" in mean.report_lines()[0]
+    register_commands()
+    r = CliRunner().invoke(app, ["outcomes", "summary", str(path)])
+    assert r.exit_code == 2 and "rows 1 and 3" in r.output
+    r = CliRunner().invoke(app, ["outcomes", "summary", str(path), "--on-duplicate", "mean"])
+    assert r.exit_code == 0 and "1 conflicting: averaged the values" in r.output
+    r = CliRunner().invoke(app, ["outcomes", "summary", str(path), "--on-duplicate", "last"])
+    assert r.exit_code == 2 and "unknown duplicate policy 'last'" in r.output
+
+
+def test_one_id_for_two_prompts_is_always_an_error(tmp_path):
+    rows = _split_rows()
+    rows[2]["prompt"] = "a different question"
+    path = write_routerbench(tmp_path / "rb.csv", rows)
+    for policy in ("error", "first", "mean"):
+        with pytest.raises(OutcomeFormatError, match=r"rows 1 and 3, column 'prompt'"):
+            read_outcomes(path, on_duplicate=policy)
+
+
+def test_readers_do_not_import_the_table_module():
+    """The import circle outcomes <-> outcome_readers is cut: readers return frames."""
+    import subprocess
+    import sys
+
+    code = "import sys, composer.outcome_readers; sys.exit('composer.outcomes' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

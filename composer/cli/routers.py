@@ -53,10 +53,17 @@ def parse_params(values: List[str] | None, routers: list[str]) -> dict[str, dict
     return params
 
 
-def _read(paths: list[str], fmt: str, prices: Optional[Path], tasks: list[str] | None = None):
-    from composer.outcomes import load_prices, read_outcomes
+def _read(paths: list[str], fmt: str, prices: Optional[Path], tasks: list[str] | None = None,
+          score_kinds: list[str] | None = None, on_duplicate: str = "error"):
+    from composer.outcomes import load_prices, parse_score_kinds, read_outcomes
 
-    table = read_outcomes(paths, format=fmt)
+    table = read_outcomes(paths, format=fmt, on_duplicate=on_duplicate)
+    for line in table.report_lines():
+        typer.echo(f"note: {line}", err=True)
+    if score_kinds:  # tasks a table lacks are checked by _check_kinds_named over all tables read
+        present = {t: k for t, k in parse_score_kinds(score_kinds).items() if t in table.tasks}
+        if present:
+            table = table.with_score_kinds(present)
     if tasks:
         unknown = sorted(set(tasks) - set(table.tasks))
         if unknown:
@@ -67,10 +74,25 @@ def _read(paths: list[str], fmt: str, prices: Optional[Path], tasks: list[str] |
     return table
 
 
+def _check_kinds_named(score_kinds: list[str] | None, *tables) -> None:
+    """Every task a --score-kind names must be in one of the tables read."""
+    from composer.outcomes import parse_score_kinds
+
+    known = {t for tb in tables for t in tb.tasks}
+    unknown = sorted(set(parse_score_kinds(score_kinds or [])) - known)
+    if unknown:
+        _fail(f"--score-kind names task(s) {unknown} that the outcomes do not have; tasks there: "
+              f"{', '.join(sorted(known))}", EXIT_USAGE)
+
+
 OUTCOMES_OPT = typer.Option(None, "--outcomes", help="Training outcome files/folders (repeat, comma-separate or quote a glob).")
 PRICES_OPT = typer.Option(None, "--prices", help="experts.yaml or {expert: price} YAML: fills missing costs from a token estimate.")
 FORMAT_OPT = typer.Option("auto", "--format", help="Outcome format: auto, routerdc, routellm, routerbench, long.")
 PARAM_OPT = typer.Option(None, "--param", "-P", help="Router parameter key=value (or router.key=value); repeatable.")
+SCORE_KIND_OPT = typer.Option(None, "--score-kind", help="TASK=KIND: how TASK's scores count as accuracy "
+                              "(correct_if_positive, fraction, binary, graded); repeatable or comma-separated.")
+DUPLICATE_OPT = typer.Option("error", "--on-duplicate", help="When a file gives one (query, expert) two different "
+                             "values: error (default), first or mean. Complementary rows always merge.")
 
 
 @router_app.command("train")
@@ -85,15 +107,19 @@ def train(
     calibrate_share: Optional[float] = typer.Option(None, help="Calibrate lam so at most this share of calls go to the priciest expert."),
     seed: int = typer.Option(0, help="Seed for the calibration split and the router."),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated)."),
+    score_kind: List[str] = SCORE_KIND_OPT,
+    on_duplicate: str = DUPLICATE_OPT,
 ):
-    """Fit a router on outcome tables and save it."""
+    """Fit a router on outcome tables and save it (it learns each task's accuracy by its score kind)."""
     from routers import make_router
 
     paths = expand_paths(outcomes)
     if not paths:
         _fail("give training outcomes with --outcomes", EXIT_USAGE)
     try:
-        table = _read(paths, fmt, prices, [t for t in tasks.split(",") if t] if tasks else None)
+        table = _read(paths, fmt, prices, [t for t in tasks.split(",") if t] if tasks else None,
+                      score_kind, on_duplicate)
+        _check_kinds_named(score_kind, table)
         params = parse_params(param, [router])[router]
         params.setdefault("seed", seed)
         r = make_router(router, **params)
@@ -207,6 +233,8 @@ def eval_cmd(
     max_tokens: Optional[int] = typer.Option(None, help="Live mode: max new tokens per answer."),
     seed: int = typer.Option(0, help="Seed (split, routers; live: item order)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Live mode: skip items already in the store."),
+    score_kind: List[str] = SCORE_KIND_OPT,
+    on_duplicate: str = DUPLICATE_OPT,
 ):
     """Evaluate routers offline on recorded outcomes, or (--benchmark) a pipeline live on real models."""
     if benchmark is not None:
@@ -225,11 +253,11 @@ def eval_cmd(
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed, tasks)
+                  strong, weak, as_json, seed, tasks, score_kind, on_duplicate)
 
 
 def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed, tasks) -> None:
+                  strong, weak, as_json, seed, tasks, score_kind=None, on_duplicate="error") -> None:
     from evals.router_eval import evaluate
     from routers import ROUTERS
 
@@ -244,11 +272,12 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
         _fail(f"unknown router(s) {unknown}; known: {', '.join(ROUTERS)}", EXIT_USAGE)
     try:
         only = [t for t in tasks.split(",") if t] if tasks else None
-        train_t = _read(train_paths, fmt, prices, only)
+        train_t = _read(train_paths, fmt, prices, only, score_kind, on_duplicate)
         if test_paths:
-            test_t = _read(test_paths, fmt, prices, only)
+            test_t = _read(test_paths, fmt, prices, only, score_kind, on_duplicate)
         else:
             train_t, test_t = train_t.split(test_fraction, seed=seed)
+        _check_kinds_named(score_kind, train_t, test_t)
         params = parse_params(param, names)
         for p in params.values():
             p.setdefault("seed", seed)
@@ -267,6 +296,9 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
 def print_summary(res) -> None:
     b, o = res["best_single"], res["oracle"]
     typer.echo(f"\n{res['n_train_queries']} train -> {res['n_test_queries']} test queries; tasks {', '.join(res['tasks'])}")
+    kinds = {**res.get("score_kinds", {}).get("train", {}), **res.get("score_kinds", {}).get("test", {})}
+    if kinds:
+        typer.echo("accuracy by score kind: " + ", ".join(f"{t} {k}" for t, k in kinds.items() if t in res["tasks"]))
     typer.echo(f"best single expert: {b['expert']} task-avg {b['task_average']:.4f}; oracle task-avg {o['task_average']:.4f}")
     cols = ["router", "task_avg", "pooled", "gap_closed", "cost", "APGR", "CPT50", "AIQ"]
     typer.echo("  ".join(f"{c:>11}" for c in cols))
