@@ -176,12 +176,22 @@ def test_usage_errors_are_exit_2(default_config):
     assert runner.invoke(app, ["ask", "hi", "--no-such-option"]).exit_code == 2
 
 
-def test_missing_extra_is_one_line_naming_the_pip_install(tmp_path, default_config):
-    # llama_cpp made unimportable in a real subprocess: the CLI names the extra, exit 2
-    code = ("import sys; sys.modules['llama_cpp'] = None\n"
+def _without(module: str, argv: list[str], cwd, **env):
+    """Run the CLI in a real subprocess with `module` unimportable (as if its extra were missing)."""
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
             "from composer.cli.main import main\n"
-            f"sys.argv = ['composer', 'ask', 'hi', '--expert', 'smollm2', '--config', {str(default_config)!r}]\n"
+            f"sys.argv = ['composer', *{argv!r}]\n"
             "main()\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, **env})
+
+
+def test_missing_extra_is_one_line_naming_the_pip_install(tmp_path, default_config):
+    r = _without("ray", ["serve", "--port", "0", "--config", str(default_config)], tmp_path, COMPOSER_API_KEYS="k")
     assert r.returncode == 2, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines()[-1] == "error: llama_cpp is not installed; run: pip install 'composer-moe[local]'"
+    assert r.stderr.strip().splitlines() == ["error: ray is not installed; run: pip install 'composer-moe[serve]'"]
+    # a backend that needs the extra fails the answer (exit 1) with the same advice, in one line
+    r = _without("llama_cpp", ["ask", "hi", "--expert", "smollm2", "--config", str(default_config)], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert "pip install 'composer-moe[local]'" in line

@@ -74,7 +74,7 @@ class LlamaCppBackend(Backend):
         try:
             from llama_cpp import Llama
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ExpertLoadError(f"llama-cpp-python is not installed ({exc}); run ./install.sh",
+            raise ExpertLoadError("llama-cpp-python is not installed; run: pip install 'composer-moe[local]'",
                                   expert=self.name) from None
         try:
             path = self.model_path()
