@@ -35,7 +35,8 @@ def metric(http, name: str, **labels) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         m = re.match(rf"{name}(?:\{{(.*)\}})? ([0-9.e+-]+)$", line)
-        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+        got = [kv for kv in (m.group(1) or "").split(",") if kv and not kv.startswith("replica=")] if m else []
+        if m and ",".join(sorted(got)) == want:  # every sample also carries replica="..."
             return float(m.group(2))
     return 0.0
 
@@ -88,11 +89,11 @@ def test_bounded_queue_answers_429_fast_with_retry_after(server, http):
 
 
 def test_client_disconnect_cancels_the_generation(server, http):
-    before = metric(http, "composer_expert_generations_cancelled", expert="slow")
+    before = metric(http, "composer_expert_generations_cancelled_total", expert="slow")
     with httpx.Client(base_url=server.base, timeout=1.0) as c:  # `slow` takes 30 s: we leave after 1 s
         with pytest.raises(httpx.ReadTimeout):
             c.post("/v1/chat/completions", headers=AUTH, json=chat("slow"))
-    assert wait_for(lambda: metric(http, "composer_expert_generations_cancelled", expert="slow") == before + 1)
+    assert wait_for(lambda: metric(http, "composer_expert_generations_cancelled_total", expert="slow") == before + 1)
     assert metric(http, "composer_cancelled_total") >= 1
     # streaming: read the first event, then hang up
     with httpx.Client(base_url=server.base, timeout=60) as c:
@@ -101,7 +102,7 @@ def test_client_disconnect_cancels_the_generation(server, http):
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     break  # leaving the block closes the connection
-    assert wait_for(lambda: metric(http, "composer_expert_generations_cancelled", expert="slow") == before + 2)
+    assert wait_for(lambda: metric(http, "composer_expert_generations_cancelled_total", expert="slow") == before + 2)
     assert wait_for(lambda: metric(http, "composer_inflight_requests") == 0)
 
 
