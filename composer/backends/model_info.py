@@ -71,17 +71,23 @@ def with_model_info(spec):
 
 
 def describe(spec) -> dict:
-    """Context and price of an expert as /v1/models/{id} shows them, with their source."""
+    """Context and price of an expert as /v1/models/{id} shows them, with their source
+    ("experts.yaml", "litellm model map" or "default"). Works on a spec already filled."""
     filled = with_model_info(spec)
-    from_map = filled is not spec
-    src_ctx = "experts.yaml" if "context_length" in spec.model_fields_set else (
-        "litellm model map" if from_map and filled.context_length != spec.context_length else "default")
-    src_price = "experts.yaml" if "price" in spec.model_fields_set else (
-        "litellm model map" if from_map and filled.price != spec.price else "default")
+    info = context_and_price(spec.model) if spec.backend == "litellm" else None
+
+    def source(field: str, from_map: bool) -> str:
+        if field in spec.model_fields_set:
+            return "experts.yaml"
+        return "litellm model map" if from_map else "default"
+
+    ctx_from_map = bool(info and info["context_length"] == filled.context_length)
+    price_from_map = bool(info and (info["input_per_1m"] or info["output_per_1m"])
+                          and info["input_per_1m"] == filled.price.input_per_1m)
     return {
-        "context_length": filled.context_length, "context_length_source": src_ctx,
+        "context_length": filled.context_length, "context_length_source": source("context_length", ctx_from_map),
         "price": {"input_per_1m": filled.price.input_per_1m, "output_per_1m": filled.price.output_per_1m,
                   "input_per_token": filled.price.input_per_1m / 1e6,
                   "output_per_token": filled.price.output_per_1m / 1e6, "currency": "USD",
-                  "source": src_price},
+                  "source": source("price", price_from_map)},
     }

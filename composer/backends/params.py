@@ -121,6 +121,10 @@ def openai_kwargs(backend, q: Query) -> dict:
             kw[k] = v
     if drop_params(backend.spec) and any(k in OPENAI_FIELDS for k in kw):
         kw["drop_params"] = True  # litellm drops what a provider cannot take instead of raising
+    if "tools" in kw:
+        # litellm (1.106) routes any call with tools through its MCP-proxy handler, which imports
+        # the optional `mcp` package; composer's tools are plain functions: skip that handler.
+        kw["_skip_mcp_handler"] = True
     return kw
 
 
