@@ -12,6 +12,7 @@ EXTRA_OF = {
     "ray": "serve",
     "fastapi": "serve",
     "starlette": "serve",
+    "uvicorn": "serve",
     "prometheus_client": "serve",
     "torch_geometric": "specialists",
     "fairlearn": "specialists",

@@ -99,7 +99,7 @@ def route_summary(ans, pipeline: Optional[str], wall_s: float) -> str:
     via = f"pipeline '{pipeline}'" if pipeline else "no pipeline"
     lines = [f"route: {via} -> {', '.join(ans.experts) or '-'}"]
     if r is not None:
-        lines.append(f"  why: {r.reason}" + (f" [router {r.router}]" if r.router != "fixed" else ""))
+        lines.append(f"  why: {r.reason}")
         if r.aggregator not in (None, "none"):
             lines.append(f"  aggregator: {r.aggregator}" + (f" by {r.aggregator_expert}" if r.aggregator_expert else ""))
     loads = [ev for st in ans.stages for ev in (st.get("events") or st.get("batch", {}).get("events", []))
@@ -107,7 +107,7 @@ def route_summary(ans, pipeline: Optional[str], wall_s: float) -> str:
     lines.append("  loads: " + (", ".join(f"{ev['expert']} {ev.get('seconds', 0):.2f} s" for ev in loads)
                                 or "none (already resident or remote)"))
     u = ans.usage
-    lines.append(f"  tokens: {u.prompt_tokens} in, {u.completion_tokens} out; cost ${u.cost:.6f}; "
+    lines.append(f"  tokens: {u.prompt_tokens} in, {u.completion_tokens} out; cost ${u.cost:.3g}; "
                  f"time {wall_s:.2f} s")
     return "\n".join(lines)
 
