@@ -1,4 +1,5 @@
-"""The SDK: in-process `Composer` and HTTP `Client`/`AsyncClient` have the same methods and agree.
+"""The SDK: in-process `Composer` and HTTP `Client`/`AsyncClient` (on the official openai client)
+have the same methods and agree, down to `chat.completions.create` returning OpenAI's objects.
 
 Parity is checked on tests/configs/service.yaml (deterministic fake experts, so both paths must
 give identical text); the in-process chat also runs once on the real SmolLM2."""
@@ -52,11 +53,15 @@ def test_same_answers_in_process_and_over_http(server, local):
 
 def test_errors_map_to_composer_errors(server, local):
     with Client(server.base, api_key=KEY) as cl:
-        with pytest.raises(BadRequestError, match="unknown model 'nope'"):
+        with pytest.raises(BadRequestError, match="The model 'nope' does not exist"):
             cl.ask("x", expert="nope")
+        with pytest.raises(BadRequestError, match="'tool_choice' is only allowed"):
+            cl.chat([{"role": "user", "content": "x"}], model="echo", tool_choice="auto")
     with pytest.raises(BadRequestError, match="unknown expert 'nope'"):
         local.ask("x", expert="nope")
-    with Client(server.base, api_key="wrong") as cl:
+    with pytest.raises(BadRequestError, match="The model 'nope' does not exist"):
+        local.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    with Client(server.base, api_key="wrong", max_retries=0) as cl:
         with pytest.raises(ServiceError) as e:
             cl.models()
         assert e.value.status == 401
@@ -86,3 +91,40 @@ def test_in_process_chat_on_the_real_model():
                    max_tokens=12)
     assert a.ok and "paris" in a.text.lower()
     assert a.usage.completion_tokens > 0
+
+
+def test_chat_completions_create_in_process_and_over_http(server, local):
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    msgs = [{"role": "user", "content": "one two three"}]
+    with Client(server.base, api_key=KEY) as cl:
+        r_http = cl.chat.completions.create(model="echo", messages=msgs, top_p=0.5, extra_body={"task": "chat"})
+        chunks_http = list(cl.chat.completions.create(model="echo", messages=msgs, stream=True,
+                                                      stream_options={"include_usage": True}))
+        a = cl.chat(msgs, model="echo", task="chat")  # composer's extension travels in extra_body
+    r_local = local.chat.completions.create(model="echo", messages=msgs, top_p=0.5, extra_body={"task": "chat"})
+    chunks_local = list(local.chat.completions.create(model="echo", messages=msgs, stream=True,
+                                                      stream_options={"include_usage": True}))
+    assert isinstance(r_http, ChatCompletion) and isinstance(r_local, ChatCompletion)
+    assert r_http.choices[0].message.content == r_local.choices[0].message.content == "[echo] one two three"
+    assert r_http.usage.completion_tokens == r_local.usage.completion_tokens > 0
+    assert r_http.model_extra["composer"]["experts"] == r_local.model_extra["composer"]["experts"] == [["echo"]]
+    for chunks in (chunks_http, chunks_local):
+        assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[echo] one two three"
+        assert chunks[-1].usage.completion_tokens > 0
+    assert a.text == "[echo] one two three" and a.experts == ["echo"]
+
+
+def test_client_is_the_openai_client(server):
+    import openai
+
+    with Client(server.base, api_key=KEY) as cl:
+        assert isinstance(cl.openai, openai.OpenAI) and cl.chat.completions is cl.openai.chat.completions
+    async def main():
+        async with AsyncClient(server.base, api_key=KEY) as acl:
+            assert isinstance(acl.openai, openai.AsyncOpenAI)
+            r = await acl.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+            return r.choices[0].message.content
+
+    assert asyncio.run(main()) == "[echo] hi"
