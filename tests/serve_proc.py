@@ -29,8 +29,10 @@ def sigint_as_a_terminal_would() -> None:
 
 
 class ServerProc:
-    def __init__(self, config: Path, keys: str, extra: list[str] | None = None, ready_s: float = 180):
+    def __init__(self, config: Path, keys: str, extra: list[str] | None = None, ready_s: float = 180,
+                 global_args: list[str] | None = None):  # global_args: before `serve` (--log-format ...)
         self.config, self.keys, self.extra, self.ready_s = config, keys, extra or [], ready_s
+        self.global_args = global_args or []
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -40,7 +42,7 @@ class ServerProc:
     def start(self) -> "ServerProc":
         env = {**os.environ, "COMPOSER_API_KEYS": self.keys, "HF_HUB_OFFLINE": "1",
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "RAY_AUTH_MODE": "disabled"}
-        cmd = [COMPOSER, "serve", "--config", str(self.config), "--port", str(self.port), *self.extra]
+        cmd = [COMPOSER, *self.global_args, "serve", "--config", str(self.config), "--port", str(self.port), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=REPO, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.ready_s

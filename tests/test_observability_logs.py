@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,10 @@ def test_keys_never_and_prompts_only_with_log_prompts(logbuf):
     assert shown[0]["prompt"] == prompt and shown[1]["messages"] == [prompt] and "api_key" not in shown[0]
 
 
-def test_configure_logging_replaces_its_handler():
+def test_configure_logging_replaces_its_handler(monkeypatch):
+    monkeypatch.delenv("COMPOSER_LOG", raising=False)  # configure_logging exports it; undone after
     configure_logging("json", "DEBUG")
+    assert json.loads(os.environ["COMPOSER_LOG"]) == {"fmt": "json", "level": "DEBUG", "log_prompts": False}
     configure_logging("text", "INFO")
     logger = logging.getLogger("composer")
     ours = [h for h in logger.handlers if getattr(h, "_composer_handler", False)]

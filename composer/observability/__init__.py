@@ -2,6 +2,7 @@
 
     configure_logging(fmt="text" | "json", level="INFO", log_prompts=False)   # the CLI calls this
     detach = attach(composer)   # logs always; traces when the OTEL_* variables ask for them
+                                # (in a fresh process, logging as $COMPOSER_LOG says)
     attach(composer, metrics=m) # also the endpoint's Prometheus metrics (composer/serve/metrics.py)
 
 Every observer is a subscriber of `composer.events`; none reads the runtime's private state.
@@ -11,7 +12,9 @@ See docs/observability.md.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import os
 import weakref
 from typing import Callable
 
@@ -23,10 +26,28 @@ log = logging.getLogger("composer.observability")
 _attached: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # composer -> its detach
 
 
+ENV = "COMPOSER_LOG"  # the choice, for processes started later (Ray Serve replicas, Ray workers)
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO", log_prompts: bool = False) -> None:
     """Set up the `composer` logger (stderr). `fmt` is "text" or "json" (one JSON object per
-    line); credentials are never logged, prompts only when `log_prompts`."""
+    line); credentials are never logged, prompts only when `log_prompts`. The choice is also
+    put in $COMPOSER_LOG, so that `attach` in a process started afterwards (a Ray Serve replica
+    holding the endpoint's Composer) logs the same way."""
     _configure(fmt, level, log_prompts)
+    os.environ[ENV] = json.dumps({"fmt": fmt, "level": str(level).upper(), "log_prompts": bool(log_prompts)})
+
+
+def _configure_from_env() -> None:
+    """In a process whose `composer` logger nobody configured: the parent's choice, if any."""
+    raw = os.environ.get(ENV)
+    if not raw or any(getattr(h, "_composer_handler", False) for h in logging.getLogger("composer").handlers):
+        return
+    try:
+        cfg = json.loads(raw)
+        _configure(cfg.get("fmt", "text"), cfg.get("level", "INFO"), bool(cfg.get("log_prompts", False)))
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("ignoring %s=%r: %s", ENV, raw, exc)
 
 
 def attach(composer, *, metrics=None, tracer_provider=None) -> Callable[[], None]:
@@ -48,6 +69,7 @@ def attach(composer, *, metrics=None, tracer_provider=None) -> Callable[[], None
             first()
 
         return both
+    _configure_from_env()
     unsubs = [composer.events.subscribe(LogSubscriber())]
     if metrics is not None:
         unsubs.append(composer.events.subscribe(metrics.observe))

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from composer.errors import BadRequestError, ComposerError
+from composer.observability import attach
 from composer.serve.bodies import ChunkWriter, completion_body, embeddings_body, error_body, text_completion_body
 from composer.serve.metrics import Metrics, replica_id
 from composer.serve.options import ServeOptions, hash_key, scrub
@@ -55,7 +56,8 @@ class Service:
         self.composer.stream_mode(max_wait_s=options.batch_max_wait_s, max_batch=options.max_batch)
         self.pool = ThreadPoolExecutor(max_workers=options.max_inflight + 4, thread_name_prefix="composer-req")
         self.metrics = Metrics(replica=replica_id())
-        self.composer.events.subscribe(self.metrics.observe)  # routes, loads, attempts, batches...
+        # logs (as the CLI's --log-* say, via $COMPOSER_LOG), traces (OTEL_*), this replica's metrics
+        attach(self.composer, metrics=self.metrics)
         self.inflight = 0
         self.draining = False
         self.started = time.time()
