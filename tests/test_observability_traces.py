@@ -6,20 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (pip install opentelemetry-sdk)")
-
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
-
-from composer.core import Composer  # noqa: E402
-from composer.observability import attach  # noqa: E402
-from composer.observability.traces import TraceSubscriber, TracingUnavailable, provider_from_env, tracing_requested  # noqa: E402
+from composer.core import Composer
+from composer.observability import attach
+from composer.observability.traces import (TraceSubscriber, TracingUnavailable, provider_from_env,
+                                           tracing_requested)
+from composer.types import Query
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -92,7 +92,7 @@ def test_failed_load_and_fallback_mark_the_spans(memory):
         assert not c.ask("hello", expert="broken").ok
     finally:
         unsub()
-        sub.flush()
+        sub.close()
         c.close()
     spans = exporter.get_finished_spans()
     call = [s for s in spans if s.attributes.get("composer.expert") == "broken"]
@@ -149,7 +149,47 @@ def test_a_request_groups_its_queries_and_ends_with_the_request_event(memory):
     assert root.attributes["http.response.status_code"] == 200 and root.attributes["composer.queries"] == 2
     assert (root.end_time - root.start_time) / 1e9 == pytest.approx(0.2, abs=0.05)
     assert len([s for s in spans if s.name == "chat fake"]) == 2
-    assert sub.flush() == 0
+    assert sub.close() == 0
+
+
+def test_endpoint_query_ids_join_their_request_without_request_id_on_routes(memory):
+    """Routes that carry no request_id: the endpoint's query ids `<request_id>-<n>` say whose they are."""
+    provider, exporter = memory
+    c = Composer.from_yaml(CONFIGS / "fake.yaml")
+    sub = TraceSubscriber(provider, experts=c.experts)
+    unsub = c.events.subscribe(sub)
+    try:
+        answers = c.run([Query("one", id="chatcmpl-77-0"), Query("two", id="chatcmpl-77-1")], expert="fast")
+        assert all(a.ok for a in answers) and exporter.get_finished_spans() == ()
+        c.events.emit("request", request_id="chatcmpl-77", route="/v1/chat/completions", model="fast", status=200,
+                      seconds=0.5)
+    finally:
+        unsub()
+        sub.close()
+        c.close()
+    spans = exporter.get_finished_spans()
+    assert len(by_trace(spans)) == 1
+    root = next(s for s in spans if s.parent is None)
+    assert root.attributes["composer.queries"] == 2
+    assert sorted(s.attributes["composer.query_id"] for s in spans if s.name == "composer.route") == [
+        "chatcmpl-77-0", "chatcmpl-77-1"]
+
+
+def test_an_idle_trace_is_written_without_further_events(memory):
+    provider, exporter = memory
+    c = Composer.from_yaml(CONFIGS / "fake.yaml")
+    sub = TraceSubscriber(provider, experts=c.experts, idle_s=0.2)
+    unsub = c.events.subscribe(sub)
+    try:
+        assert c.ask("hello", expert="fast").ok
+        deadline = time.monotonic() + 10
+        while not exporter.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [s.name for s in exporter.get_finished_spans() if s.parent is None] == ["composer.request"]
+    finally:
+        unsub()
+        sub.close()
+        c.close()
 
 
 def test_off_by_default_and_chosen_by_otel_env():

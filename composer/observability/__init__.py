@@ -91,7 +91,7 @@ def attach(composer, *, metrics=None, tracer_provider=None) -> Callable[[], None
         for u in unsubs:
             u()
         if traces is not None:
-            traces.flush()
+            traces.close()
             if owned:
                 provider.shutdown()  # flushes the batch processor's exporter
             atexit.unregister(detach)

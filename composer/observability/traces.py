@@ -8,7 +8,9 @@ Events arrive as things happen (or, from the interim core, after each batch), an
 must exist before its children, so the subscriber buffers a trace's events and writes its spans,
 with the events' own timestamps, when the trace is complete: on the HTTP layer's `request` event
 (all queries of that request_id), on an `answer` event for a query without a request, on
-`flush()`, or once a trace has been idle `idle_s` seconds. One trace per request (or per query
+`flush()`/`close()`, or once a trace has been idle `idle_s` seconds (a sweeper thread). Routes
+without a request_id whose query ids are the endpoint's `<request_id>-<n>` join their request
+when its `request` event comes. One trace per request (or per query
 when there is no request):
 
 - `composer.request` (root): composer.request_id, http.route, http.response.status_code,
@@ -125,6 +127,8 @@ class TraceSubscriber:
         self._traces: dict[str, _Trace] = {}
         self._key_of: dict[str, str] = {}  # query_id -> trace key
         self._residency: deque[dict] = deque(maxlen=2000)
+        self._stop = threading.Event()
+        threading.Thread(target=self._sweep, name="composer-trace-sweeper", daemon=True).start()
 
     # -- collecting ---------------------------------------------------------------------------
     def __call__(self, ev: dict) -> None:
@@ -142,7 +146,10 @@ class TraceSubscriber:
                 qid = _base(ev["query_id"])  # an aggregation sub-call is `<query id>/<stage>/<n>`
                 self._trace(self._key_of.setdefault(qid, qid)).events.append(ev)
             elif kind == "request" and ev.get("request_id"):
-                tr = self._trace(ev["request_id"], ev["request_id"])
+                rid = ev["request_id"]
+                if rid not in self._traces:  # routes without request_id: the endpoint's ids are `<request_id>-<n>`
+                    self._merge(rid, [k for k in self._traces if k.startswith(rid + "-")])
+                tr = self._trace(rid, rid)
                 tr.request = ev
                 done.append(self._pop(tr.key))
             elif kind == "answer" and ev.get("query_id"):
@@ -150,10 +157,37 @@ class TraceSubscriber:
                 if key == ev["query_id"] and key in self._traces:  # a request's traces end with the request
                     self._traces[key].events.append(ev)
                     done.append(self._pop(key))
-            now = time.time()
-            done += [self._pop(k) for k, tr in list(self._traces.items()) if now - tr.last > self.idle_s]
+            done += self._idle()
         for tr in done:
             self._emit(tr)
+
+    def _idle(self) -> list[_Trace]:
+        now = time.time()
+        return [self._pop(k) for k, tr in list(self._traces.items()) if now - tr.last > self.idle_s]
+
+    def _merge(self, rid: str, keys: list[str]) -> None:
+        if not keys:
+            return
+        into = self._trace(rid, rid)
+        for k in keys:
+            tr = self._traces.pop(k)
+            into.routes += tr.routes
+            into.events += tr.events
+            for r in tr.routes:
+                self._key_of[r["query_id"]] = rid
+
+    def _sweep(self) -> None:
+        """Write traces idle for idle_s even when no further event arrives."""
+        while not self._stop.wait(min(self.idle_s / 2, 5.0)):
+            with self._lock:
+                done = self._idle()
+            for tr in done:
+                self._emit(tr)
+
+    def close(self) -> int:
+        """Stop the idle sweeper and write every trace still open; returns how many."""
+        self._stop.set()
+        return self.flush()
 
     def _trace(self, key: str, request_id: str | None = None) -> _Trace:
         tr = self._traces.get(key)
