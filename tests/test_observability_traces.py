@@ -255,3 +255,60 @@ def test_aggregation_stages_are_spans_in_order(memory, tmp_path):
     assert [s.attributes["gen_ai.request.model"] for s in children(spans, stages[1])] == ["fake-agg"]
     assert stages[0].end_time <= stages[1].start_time
     assert all(s.attributes["composer.query_id"] == a.query_id for s in stages)
+
+
+def test_otlp_http_export_to_a_local_collector(tmp_path):
+    """OTEL_TRACES_EXPORTER=otlp + OTEL_EXPORTER_OTLP_ENDPOINT: the spans reach an OTLP/HTTP
+    collector (a real HTTP server on 127.0.0.1 decoding the protobuf export requests)."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="pip install opentelemetry-exporter-otlp-proto-http")
+    import http.server
+    import threading
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
+                                                                          ExportTraceServiceResponse)
+
+    got: list = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            req = ExportTraceServiceRequest()
+            req.ParseFromString(body)
+            got.append((self.path, req))
+            out = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    script = tmp_path / "traced.py"
+    script.write_text(
+        "from composer.core import Composer\n"
+        "from composer.observability import attach\n"
+        f"c = Composer.from_yaml({str(CONFIGS / 'fake.yaml')!r})\n"
+        "attach(c)\n"
+        "assert all(a.ok for a in c.run(['hello', 'there'], pipeline='both'))\n"
+        "c.close()\n")
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{srv.server_port}",
+           "PYTHONPATH": os.pathsep.join([str(CONFIGS.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    try:
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        srv.shutdown()
+    assert out.returncode == 0, out.stderr
+    assert got and {p for p, _ in got} == {"/v1/traces"}
+    spans = [s for _, req in got for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    service = {a.value.string_value for _, req in got for rs in req.resource_spans for a in rs.resource.attributes
+               if a.key == "service.name"}
+    assert service == {"composer"}
+    assert sorted(s.name for s in spans if not s.parent_span_id) == ["composer.request", "composer.request"]
+    calls = [s for s in spans if s.name == "chat fake"]
+    assert len(calls) == 4
+    attrs = {a.key: a.value for a in calls[0].attributes}
+    assert attrs["gen_ai.request.model"].string_value == "fake" and attrs["gen_ai.usage.output_tokens"].int_value > 0
