@@ -23,6 +23,9 @@ from composer.observability.logs import LogSubscriber, configure as _configure
 __all__ = ["attach", "configure_logging"]
 
 log = logging.getLogger("composer.observability")
+# A library's logger: silent unless the application (or configure_logging) gives it a handler;
+# records still propagate to the application's root handlers.
+logging.getLogger("composer").addHandler(logging.NullHandler())
 _attached: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # composer -> its detach
 
 
