@@ -32,12 +32,14 @@ OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*). Prompts and completions are never put on 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+log = logging.getLogger("composer.observability")
 _RESIDENCY = ("load", "unload", "load_failed", "connect", "crash", "batch")
 _QUERY_EVENTS = ("attempt", "retry", "fallback", "cancel", "first_token")
 
@@ -182,7 +184,10 @@ class TraceSubscriber:
             with self._lock:
                 done = self._idle()
             for tr in done:
-                self._emit(tr)
+                try:
+                    self._emit(tr)
+                except Exception:  # noqa: BLE001 - one bad trace never stops the sweeper
+                    log.exception("could not write trace %s", tr.key)
 
     def close(self) -> int:
         """Stop the idle sweeper and write every trace still open; returns how many."""
