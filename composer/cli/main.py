@@ -85,6 +85,7 @@ COMMAND_MODULES = (
     "composer.cli.bench_service",
     "composer.cli.bench_scheduler",
     "composer.cli.specialists",
+    "composer.cli.collect",
 )
 
 _registered = False
