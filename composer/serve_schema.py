@@ -317,15 +317,25 @@ def validation_message(exc: ValidationError) -> tuple[str, str]:
     return msg + more, loc
 
 
+class _NotJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _NotJSON(name)  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
+
+
 def parse_body(raw: bytes, model: type[BaseModel]):
     """JSON bytes -> validated request model; BadRequest naming the field otherwise."""
     if len(raw or b"") > MAX_BODY:
         raise BadRequest(f"body is {len(raw)} bytes; the limit is {MAX_BODY}", status=413,
                          code="request_too_large")
     try:
-        data = json.loads(raw or b"")
+        data = json.loads(raw or b"", parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}; send a JSON object") from None
+    except _NotJSON as exc:
+        raise BadRequest(f"malformed JSON body: {exc} is not a JSON number") from None
     except RecursionError:
         raise BadRequest(f"JSON body nested too deeply (limit {MAX_DEPTH} levels)") from None
     return validate(data, model)

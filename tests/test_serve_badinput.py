@@ -41,6 +41,8 @@ MSG = [{"role": "user", "content": "hello"}]
 BAD = [
     ("malformed_json", b'{"model": "echo", "messages": [', "malformed JSON"),
     ("not_an_object", b'["echo"]', "must be a JSON object"),
+    ("nan", b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+     "NaN is not a JSON number"),
     ("missing_messages", {"model": "echo"}, "required field 'messages' is missing"),
     ("empty_messages", {"model": "echo", "messages": []}, "field 'messages'"),
     ("missing_model", {"messages": MSG}, "required field 'model' is missing"),
