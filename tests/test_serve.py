@@ -55,9 +55,12 @@ def test_openai_client_streaming(oai):
 def test_openai_client_errors_are_clear(oai):
     import openai
 
-    with pytest.raises(openai.BadRequestError) as e:
+    with pytest.raises(openai.NotFoundError) as e:
         oai.chat.completions.create(model="no-such-model", messages=QUESTION)
-    assert "unknown model 'no-such-model'" in str(e.value)
+    assert "The model 'no-such-model' does not exist" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4096)
+    assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "max_tokens"
     from openai import OpenAI
 
     with OpenAI(base_url=oai.base_url, api_key="wrong", max_retries=0) as bad:
@@ -91,5 +94,6 @@ def test_route_endpoint_explains_without_generating(server):
         assert [d["experts"] for d in ds] == [["smollm2"], ["smollm2"]]
         assert ds[0]["reason"] == "registry default expert"
         m = c.get("/metrics").text
-        assert 'composer_expert_loads{expert="gemma3-270m"} 0.0' in m  # routing loaded nothing
-        assert 'composer_tokens_total{expert="smollm2",kind="completion"}' in m
+        assert [ln for ln in m.splitlines() if ln.startswith('composer_expert_loads_total{expert="gemma3-270m",replica="')
+                and ln.endswith("} 0.0")]  # routing loaded nothing
+        assert 'composer_tokens_total{expert="smollm2",kind="completion",replica="' in m
