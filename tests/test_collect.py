@@ -221,3 +221,44 @@ def test_cli_resuming_a_store_of_another_run_exits_2(tmp_path):
     fresh = cli(*base, "--max-tokens", "8", "--no-resume")
     assert fresh.exit_code == 0 and "kept the old store as" in fresh.output
     assert list(tmp_path.glob("o.jsonl.*.bak"))  # the old results are kept, never deleted
+
+
+# -- resume after SIGKILL (a real subprocess) -------------------------------------------------------
+
+def test_resume_after_sigkill_loses_nothing_and_doubles_nothing(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from composer.backends.server import die_with_parent
+
+    cfg = _fake_registry(tmp_path, gen_s=0.02)  # 2 x 200 calls x 20 ms: a few seconds of work
+    prompts = _numbers(tmp_path, 200)
+    out = tmp_path / "killed.jsonl"
+    exe = str(Path(sys.executable).with_name("composer"))
+    cmd = [exe, "collect", "--prompts", str(prompts), "--experts", "small,large", "--config", str(cfg),
+           "--out", str(out), "--chunk-size", "10", "--max-tokens", "4", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and len(out.read_bytes().splitlines()) >= 60:  # a few chunks are stored
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stored = OutcomeStore(out).rows()
+    assert 60 <= len(stored) < 400
+    with out.open("a") as f:
+        f.write('{"query_id": "n199", "expert": "small", "sc')  # as if the kill landed mid-write
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{len(stored)} already stored" in res.stdout
+    lines = out.read_text().splitlines()
+    keys = [(json.loads(ln)["query_id"], json.loads(ln)["expert"]) for ln in lines]
+    assert len(keys) == len(set(keys)) == 400  # every pair once: nothing lost, nothing doubled
+    assert [r["response"] for r in OutcomeStore(out).rows()[: len(stored)]] == [r["response"] for r in stored]
+    assert read_outcomes(out).n_queries == 200
