@@ -53,7 +53,7 @@ def test_unload_frees_and_reload_works(smol):
 def test_context_overflow_is_a_per_query_error(smol):
     long = "word " * 2000
     out = smol.generate([Query(long, id="big"), Query("Hi", id="ok", max_tokens=4)])
-    assert out[0].error and out[0].metadata["error_type"] == "context_overflow"
+    assert out[0].error and out[0].call_error.kind == "context_overflow"
     assert out[1].ok
 
 
@@ -90,7 +90,7 @@ def test_cancel_stops_a_running_generation(smol):
     t = threading.Timer(0.3, smol.cancel, args=(["long"],))
     t.start()
     c = smol.generate([Query(prompt, id="long", max_tokens=300)])[0]
-    assert c.error and c.metadata["error_type"] == "cancelled"
+    assert c.error and c.call_error.kind == "cancelled"
     # stopped early: fewer tokens than the same deterministic generation uncancelled
     assert c.metadata["tokens_before_cancel"] < full.usage.completion_tokens
     # a cancelled query is not generated again, and the next one is unaffected

@@ -46,8 +46,8 @@ def test_fake_failure_injection_and_counts():
                                 options={"fail_rate": 0.5, "seed": 1, "fail_on": ["poison"]}))
     out = b.generate([Query(f"q{i}") for i in range(200)] + [Query("poison pill")])
     failed = [c for c in out[:-1] if c.error]
-    assert 60 < len(failed) < 140 and all(c.metadata["retryable"] for c in failed)
-    assert out[-1].error and out[-1].metadata["retryable"] is False
+    assert 60 < len(failed) < 140 and all(c.call_error.retryable for c in failed)
+    assert out[-1].error and out[-1].call_error.retryable is False
     assert b.load_count == 1 and b.generate_calls == 1
 
 

@@ -32,7 +32,7 @@ def alive(pid: int) -> bool:
 def server():
     spec = ExpertSpec(name="smol-server", backend="server", model="embedded:smollm2-135m-instruct",
                       system_prompt="You are a helpful assistant. Answer briefly and accurately.",
-                      context_length=512, generation=Generation(max_tokens=16), concurrency=2,
+                      context_length=512, generation=Generation(max_tokens=16, temperature=0.0), concurrency=2,
                       options={"ready_timeout_s": 120})
     b = make_backend(spec)
     b.load()
@@ -70,7 +70,7 @@ def test_litellm_unreachable_is_retryable_error():
     spec = ExpertSpec(name="down", backend="litellm", model="openai/x", api_base="http://127.0.0.1:9/v1",
                       timeout_s=5)
     c = make_backend(spec).generate([Query("hi")])[0]
-    assert c.error and c.metadata["retryable"] is True
+    assert c.error and c.call_error.retryable is True
 
 
 def test_unload_kills_process():
@@ -130,6 +130,6 @@ def test_cancel_closes_the_upstream_generation(server):
     assert full.ok and full.usage.completion_tokens > 60
     threading.Timer(0.3, server.cancel, args=(["long"],)).start()
     c = server.generate([Query(prompt, id="long", max_tokens=300)])[0]
-    assert c.error and c.metadata["error_type"] == "cancelled"
+    assert c.error and c.call_error.kind == "cancelled"
     assert c.metadata["tokens_before_cancel"] < full.usage.completion_tokens
     assert server.generate([Query("Say hi.", id="next", max_tokens=4)])[0].ok  # server still serves

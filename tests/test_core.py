@@ -74,5 +74,6 @@ def test_stream_mode_reports_loads(fake):
     a = fake.run(["x", "y"], expert="slow")
     assert all(x.ok for x in a)
     events = a[0].stages[0]["events"]
-    assert [e["event"] for e in events] == ["load"] and events[0]["expert"] == "slow"
+    loads = [e for e in events if e["event"] in ("load", "unload")]
+    assert [e["event"] for e in loads] == ["load"] and loads[0]["expert"] == "slow"
     assert "batch_events" not in a[0].candidates[0].metadata
