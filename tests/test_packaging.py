@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -89,9 +90,15 @@ def test_routers_and_evals_live_under_the_composer_namespace():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+    """Built from a copy of the source tree (setuptools leaves build/ behind where it builds)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for d in ("composer", "routers", "evals"):
+        shutil.copytree(REPO / d, src / d, symlinks=True, ignore=skip)
+    for f in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "experts.yaml"):
+        shutil.copy(REPO / f, src / f)
     r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+                       cwd=src, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (whl,) = out.glob("composer_moe-*.whl")
     return whl
