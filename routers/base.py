@@ -48,6 +48,7 @@ ROUTERS: dict[str, str] = {
     "coe": "routers.coe:CoERouter",
     "dynamic": "routers.dynamic:DynamicTopPRouter",
     "cascade": "routers.cascade:CascadeRouter",
+    "stack": "routers.stack:StackRouter",
 }
 STATE_FORMAT = 1
 _SMALL_BATCH = 64  # batches up to this size predict with one BLAS thread

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from routers.base import Router, make_router
+from routers.base import Router, lam_grid, make_router
 from routers.embed import DEFAULT_EMBEDDING
 
 
@@ -75,7 +75,12 @@ class DynamicTopPRouter(Router):
         return out
 
     def sweep_knobs(self, S, C, n_points: int = 20):
-        return [{"top_p": float(p), "lam": 0.0} for p in np.linspace(0.0, 0.99, n_points)]
+        """The whole cost range: one expert traded against cost by lam (top_p 0) at the cheap end,
+        then more experts by top_p at the expensive end. A top-p sweep alone starts where one
+        expert is already the best predicted, often the priciest: no cheap points, AIQ near 0."""
+        lams = [{"top_p": 0.0, "lam": float(lam)} for lam in lam_grid(S, C, max(n_points // 2, 2))]
+        tops = np.linspace(0.0, 0.99, max(n_points - len(lams), 1) + 1)[1:]
+        return lams + [{"top_p": float(p), "lam": 0.0} for p in tops]
 
     def route(self, queries, *, k=None, lam=None, budget=None):
         decisions = super().route(queries, k=k, lam=lam, budget=budget)

@@ -129,3 +129,19 @@ def test_multitask_routing_beats_random_and_reports_gap(embedder):
     assert r["coe"]["default"]["task_average"] > r["random"]["default"]["task_average"]
     assert set(r["knn"]["default"]["task_accuracy"]) == set(test.tasks)
     assert res["oracle"]["task_average"] >= max(x["default"]["task_average"] for x in r.values())
+
+
+def test_every_router_curve_has_two_cost_points_on_a_cost_table(pair_tables, embedder):
+    """On a cost-bearing table each router's sweep spans more than one cost (dynamic's top-p sweep
+    alone used to start at the priciest expert: a degenerate curve with AIQ near 0)."""
+    from routers import ROUTERS
+
+    train, test = pair_tables
+    names = [n for n in ROUTERS if n != "oracle"]
+    res = evaluate(train, test, names, embedder=embedder, n_points=8, progress=lambda m: None)
+    assert res["cost_unit"] == "usd"
+    for name in names:
+        costs = {round(p["cost"], 12) for p in res["routers"][name]["curve"]}
+        assert len(costs) >= 2, (name, costs)
+    zero = res["aiq"]["all"]["zero_router"]
+    assert res["aiq"]["all"]["dynamic"] > 0.9 * zero

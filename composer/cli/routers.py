@@ -315,3 +315,39 @@ def print_summary(res) -> None:
 
 def _f(x, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+@router_app.command("table")
+def table_cmd(
+    router: List[str] = typer.Option(None, "--router", "-r", help="Routers to fit and compare (default: knn, mlp, stack)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="RouterDC's outcomes folder (default: "
+                                        "<data folder>/outcomes/routerdc-7b; see `composer data where`)."),
+    param: List[str] = PARAM_OPT,
+    out: Path = typer.Option(Path("results/router_routerdc_table.json"), "--out", help="JSON file for the table."),
+    seed: int = typer.Option(0, help="Seed of every router."),
+):
+    """RouterDC's split and metric: train on its 5 train files, test on 5 ID + 3 OOD files; prints the
+    markdown table of docs/routers.md (best single, best per task, RouterDC published, routers)."""
+    from evals.router_table import markdown, routerdc_table, write
+    from routers import ROUTERS
+
+    names = [n for v in (router or ["knn,mlp,stack"]) for n in v.split(",") if n]
+    unknown = [n for n in names if n not in ROUTERS]
+    if unknown:
+        _fail(f"unknown router(s) {unknown}; known: {', '.join(ROUTERS)}", EXIT_USAGE)
+    if data is None:
+        from composer.data import resolution
+
+        data = resolution(None)[0] / "outcomes" / "routerdc-7b"
+    if not data.is_dir():
+        _fail(f"--data {data}: no such folder; give RouterDC's outcomes folder", EXIT_USAGE)
+    params = parse_params(param, names)
+    for p in params.values():
+        p.setdefault("seed", seed)
+    try:
+        res = routerdc_table(data, names, params=params, progress=lambda m: typer.echo(m, err=True))
+    except ComposerError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    write(res, out)
+    typer.echo(markdown(res))
+    typer.echo(f"wrote {out}")
