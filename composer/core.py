@@ -229,13 +229,22 @@ class Composer:
 
     # -- the path ---------------------------------------------------------------------------
     def run(self, queries: Iterable[Query | str], *, expert: str | None = None,
-            pipeline: str | None = None, on_delta=None) -> list[Answer]:
+            pipeline: str | None = None, on_delta=None,
+            decisions: list[RouteDecision] | None = None) -> list[Answer]:
         """Answer a batch. Failures are per query (Answer.error), never a silent partial result.
-        Concurrent calls are safe: the runtime serialises only what shares residency."""
+        Concurrent calls are safe: the runtime serialises only what shares residency.
+        `decisions` (one per query, e.g. from `route()` and edited) skips routing."""
         qs = self._as_queries(queries)
         if not qs:
             return []
-        decisions = self.route(qs, expert=expert, pipeline=pipeline)
+        if decisions is None:
+            decisions = self.route(qs, expert=expert, pipeline=pipeline)
+        elif len(decisions) != len(qs) or any(d.query_id != q.id for d, q in zip(decisions, qs)):
+            raise BadRequestError("give one RouteDecision per query, in the same order (matching query_id)")
+        else:
+            for d in decisions:
+                for e in d.experts:
+                    self.expert_spec(e)
         for q, d in zip(qs, decisions):
             self.events.emit("route", query_id=q.id, pipeline=pipeline, experts=list(d.experts),
                              reason=d.reason, router=d.router)

@@ -24,11 +24,12 @@ import threading
 import time
 
 from composer.backends import make_backend
-from composer.config import ExpertSpec
+from composer.config import ExpertSpec, RegistryConfig, parse_config
+from composer.core import Composer
 from composer.executors import LocalExecutor
 from composer.scheduler import Scheduler, WorkItem
 from composer.stream import StreamBatcher, belady_loads, lru_loads, simulate_stream
-from composer.types import Query
+from composer.types import Query, RouteDecision
 
 MIB = 2**20
 TARGETS = {"grouped_loads": "== lower bound", "stream": "<= 1.1 x Belady",
@@ -76,25 +77,72 @@ def run_naive(backends: dict, queries: list[Query], routes: list[list[str]], sch
             "texts": texts}
 
 
+def composer_over(backends: dict, budget: int) -> Composer:
+    """A Composer whose registry holds the same experts (the product path: route decisions ->
+    aggregator -> runtime stage -> Scheduler -> executor)."""
+    specs = [b.spec for b in backends.values()]
+    cfg = RegistryConfig(version=1, settings={"memory_budget_bytes": budget}, experts=specs)
+    return Composer(cfg, base_dir=None)
+
+
 def run_grouped(backends: dict, queries: list[Query], routes: list[list[str]], sched: Scheduler) -> dict:
-    ex = LocalExecutor(backends.__getitem__, sched)
-    work = [WorkItem(q, e) for q, route in zip(queries, routes) for e in route]
+    """The trace through Composer.run with the routes as its decisions (aggregator none: every
+    routed expert answers each query), under the same budget as the naive run."""
+    c = composer_over(backends, sched.budget)
+    decisions = [RouteDecision(q.id, list(r), reason="bench trace") for q, r in zip(queries, routes)]
+    t0 = time.perf_counter()
     try:
-        res = ex.run_stage(work)
+        answers = c.run(queries, decisions=decisions)
+        wall = time.perf_counter() - t0
     finally:
-        ex.close()
-    loads = [e["seconds"] for e in res.events if e["event"] == "load"]
-    unloads = [e["seconds"] for e in res.events if e["event"] == "unload"]
-    errors = [c.error for c in res.candidates if c.error]
-    first, later = [], []
-    for g in res.plan.groups:
-        lat = [res.candidates[i].usage.latency_s for i in g.items]
-        first.append(lat[0])
-        later += lat[1:]
-    return {"loads": len(loads), "unloads": len(unloads), "wall_s": res.wall_s, "load_s": sum(loads),
-            "unload_s": sum(unloads), "lower_bound": res.plan.lower_bound, "peak_bytes": res.peak_bytes,
-            "texts": [c.text for c in res.candidates], "errors": errors,
+        c.close()
+    stage = answers[0].stages[0]
+    events = stage["events"]
+    loads = [e["seconds"] for e in events if e["event"] == "load"]
+    unloads = [e["seconds"] for e in events if e["event"] == "unload"]
+    cands = [cd for a in answers for cd in a.candidates]
+    errors = [cd.error for cd in cands if cd.error]
+    by_expert: dict[str, list[float]] = {}
+    for cd in sorted(cands, key=lambda cd: cd.metadata.get("order", 0)):
+        by_expert.setdefault(cd.expert, []).append(cd.usage.latency_s)
+    first = [v[0] for v in by_expert.values()]
+    later = [x for v in by_expert.values() for x in v[1:]]
+    texts = {(cd.query_id, cd.expert): cd.text for cd in cands}
+    return {"loads": len(loads), "unloads": len(unloads), "wall_s": wall, "load_s": sum(loads),
+            "unload_s": sum(unloads), "lower_bound": len({e for r in routes for e in r}), "peak_bytes": 0,
+            "texts": [texts.get((q.id, e), "") for q, r in zip(queries, routes) for e in r], "errors": errors,
             "load_event_s": loads, "unload_event_s": unloads, "first_call_s": first, "later_call_s": later}
+
+
+def product_cases() -> list[dict]:
+    """The issue's repro cases through Composer.run on fake experts (timing-controlled), each
+    with its lower bound: loads of local experts not resident at the start, each once."""
+    def cfg(n, extra_e="", pipes=""):
+        es = "\n".join(f"  - {{name: e{i}, backend: fake, model: e{i}, footprint_bytes: {100 * MIB}, "
+                       f"options: {{load_s: 0.02{extra_e if i == 0 else ''}}}}}" for i in range(n))
+        return (f"version: 1\nsettings: {{default_expert: e0, memory_budget_bytes: {150 * MIB}}}\n"
+                f"experts:\n{es}\npipelines:\n  - {{name: all, experts: [{', '.join(f'e{i}' for i in range(n))}], k: {n}}}\n"
+                + pipes)
+    moa = "  - {name: moa, experts: [e0, e1], k: 2, aggregator: {kind: moa, expert: e0}}\n"
+    cases = [
+        ("2 experts, e1 resident, query to both", cfg(2), "e1", ["both please"], "all", 1),
+        ("3 experts, 6 queries, e2 resident", cfg(3), "e2", [f"q{i}" for i in range(6)], "all", 2),
+        ("MoA: 2 proposers + aggregator e0", cfg(2, pipes=moa), None, [f"m{i}" for i in range(4)], "moa", 2),
+        ("retried items (e0 fails 50%)", cfg(2, extra_e=", fail_rate: 0.5, seed: 3"), "e1",
+         [f"r{i}" for i in range(6)], "all", 1),
+    ]
+    out = []
+    for name, text, resident, prompts, pipeline, bound in cases:
+        with Composer(parse_config(text, check_files=False)) as c:
+            if resident:
+                c.ask("warm up", expert=resident)
+            before = sum(c.backend(e).load_count for e in c.experts)
+            answers = c.run(prompts, pipeline=pipeline)
+            loads = sum(c.backend(e).load_count for e in c.experts) - before
+            retries = sum(1 for a in answers for cd in a.candidates for _ in cd.metadata.get("attempts", []))
+        out.append({"case": name, "loads": loads, "lower_bound": bound, "ok": all(a.ok for a in answers),
+                    "failed_attempts_retried": retries})
+    return out
 
 
 def predicted_speedup(calls: int, d: int, load: float, gen: float) -> float:
@@ -310,6 +358,8 @@ def run_benchmark(*, n: int = 100, k: int = 2, d: int = 8, gen_s: float = 0.005,
         if real_server:
             log(f"real llama.cpp servers (start = load), N={server_n} ...")
             out["offline"].append(real_case(server_n, server=True))
+    log("product path (Composer.run) repro cases ...")
+    out["product"] = product_cases()
     log(f"scheduling overhead at N={overhead_n} ...")
     out["overhead"] = overhead(overhead_n)
     out["checks"] = checks(out)
@@ -321,6 +371,8 @@ def checks(res: dict) -> dict:
     big = [r for r in rows if r["L_over_g_class"] >= 10]
     return {
         "grouped_loads_equal_lower_bound": all(r["grouped_loads"] == r["lower_bound"] for r in rows),
+        "composer_run_cases_at_lower_bound": all(r["loads"] == r["lower_bound"] and r["ok"]
+                                                 for r in res.get("product", [])),
         "stream_policy_within_1.1x_belady": all(r["policy_loads"] <= 1.1 * r["belady_loads"] for r in res["stream"]),
         "measured_at_least_0.8x_predicted": all(r["ratio"] >= 0.8 for r in rows),
         "at_least_3x_when_L_over_g_ge_10": all(r["measured_speedup"] >= 3 for r in big) if big else None,
@@ -347,6 +399,12 @@ def format_tables(res: dict) -> str:
                      f"{r['belady_loads']:>7}{r['fifo_known_queue_loads']:>11}{r['no_hold_loads']:>8}{r['policy_loads']:>7}"
                      f"{r['policy_over_belady']:>8.2f}{r['policy_latency_p50_s']:>7.2f}{r['policy_latency_max_s']:>7.2f}"
                      f"{r['fifo_latency_max_s']:>11.2f}")
+    if res.get("product"):
+        lines += ["", "product path: Composer.run (fake experts, budget for one)",
+                  f"{'case':<42}{'loads':>6}{'bound':>6}{'ok':>5}{'retried':>8}"]
+        for r in res["product"]:
+            lines.append(f"{r['case']:<42}{r['loads']:>6}{r['lower_bound']:>6}{str(r['ok']):>5}"
+                         f"{r['failed_attempts_retried']:>8}")
     ls = res["live_stream"]
     if ls:
         lines += ["", f"live StreamBatcher: {ls['requests']} requests, {ls['ok']} ok, loads {ls['loads']} "

@@ -46,7 +46,7 @@ class ExpertHealth:
     recent: deque = field(default_factory=lambda: deque(maxlen=20))  # True = failed
 
 
-@dataclass
+@dataclass(eq=False)
 class Item:
     index: int
     work: WorkItem

@@ -150,7 +150,8 @@ class Stage:
                     attempted_local.add(it.expert)
                     self._submit_batched(it)
             elif local:
-                later = [s for s in ([{it.expert for it in waiting if it not in ready
+                ready_ix = {it.index for it in ready}
+                later = [s for s in ([{it.expert for it in waiting if it.index not in ready_ix
                                        and it.result is None and not ex.is_remote(it.expert)}] + self.upcoming) if s]
                 plan = ex.scheduler.plan([WorkItem(it.work.query, it.expert, it.work.tag) for it in local],
                                          ex.resident, later or None)
