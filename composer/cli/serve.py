@@ -27,6 +27,11 @@ def serve(
     cooldown_after: Optional[int] = typer.Option(None, help="Consecutive failures that send an expert to cool down."),
     cooldown_s: Optional[float] = typer.Option(None, help="Seconds an expert cools down."),
     cooldown_rate: Optional[float] = typer.Option(None, help="Share of an expert's last 20 calls that must have failed too."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=(
+        "Join this Ray cluster (e.g. 10.0.0.5:6379 or auto); default: experts.yaml settings.ray_address, "
+        "else $RAY_ADDRESS, else a local Ray sized to this machine.")),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Ingress replicas (Ray Serve) serving the endpoint."),
+    metrics_public: bool = typer.Option(False, "--metrics-public", help="Let /metrics be scraped without an API key."),
 ):
     """Serve /v1/chat/completions, /v1/models, /v1/route, /metrics, /healthz, /readyz."""
     from composer.config import load_config
@@ -34,7 +39,7 @@ def serve(
 
     path = config or default_config_path()
     try:
-        load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     try:
@@ -45,9 +50,10 @@ def serve(
         fail("no API keys: set COMPOSER_API_KEYS=key1,key2 or pass --api-key-file FILE "
              "(every route except /healthz and /readyz requires 'Authorization: Bearer <key>')")
     opts = ServeOptions(max_inflight=max_inflight, max_n=max_n, drain_timeout_s=drain_timeout,
+                        replicas=replicas, metrics_public=metrics_public,
                         reliability={k: v for k, v in {"max_retries": retries, "cooldown_after": cooldown_after,
                                                        "cooldown_s": cooldown_s, "cooldown_rate": cooldown_rate}.items()
                                      if v is not None})  # unset flags keep experts.yaml's settings
     code = run_server(str(Path(path).resolve()), host, port, [hash_key(k) for k in keys], opts,
-                      echo=lambda m: typer.echo(m, err=False))
+                      echo=lambda m: typer.echo(m, err=False), ray_address=ray_address or cfg.settings.ray_address)
     raise typer.Exit(code)

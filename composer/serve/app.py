@@ -102,7 +102,7 @@ def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | N
     add_error_handlers(api)
     schema = openapi_schema()
 
-    @serve.deployment(name="composer", num_replicas=1, ray_actor_options={"num_cpus": 0},
+    @serve.deployment(name="composer", num_replicas=max(1, options.replicas), ray_actor_options={"num_cpus": 0},
                       max_ongoing_requests=options.max_inflight * 2 + 8, max_queued_requests=options.max_inflight,
                       graceful_shutdown_timeout_s=options.drain_timeout_s, graceful_shutdown_wait_loop_s=0.5)
     @serve.ingress(api)

@@ -18,6 +18,8 @@ class ServeOptions:
     max_batch: int = 32
     retry_after_s: int = 1
     reliability: dict = field(default_factory=dict)  # Reliability keyword arguments
+    replicas: int = 1               # ingress replicas (Ray Serve); local experts live with their owner
+    metrics_public: bool = False    # /metrics without a key (for a scraper inside the cluster)
 
 
 def hash_key(key: str) -> str:

@@ -417,7 +417,7 @@ class Service:
         from fastapi.responses import PlainTextResponse
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        gated = self.gate(request, "/metrics")
+        gated = None if self.options.metrics_public else self.gate(request, "/metrics")
         if gated is not None:
             return gated
         self.metrics.refresh(self.composer)
