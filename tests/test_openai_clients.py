@@ -250,11 +250,14 @@ def test_langchain_bind_tools_round_trip(server, model):
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+@pytest.mark.parametrize("method", ["default", "json_schema", "function_calling", "json_mode"])
 def test_langchain_with_structured_output(server, model, method):
-    llm = chat_llm(server, model, model_kwargs={} if method != "json_mode" else {})
+    llm = chat_llm(server, model)
     prompt = "The capital of France, as JSON with keys country and city."
-    if method == "json_mode":  # JSON mode constrains to JSON, not to a schema: ask for a dict
+    if method == "default":  # langchain-openai's default method
+        out = llm.with_structured_output(Capital).invoke(prompt)
+        assert isinstance(out, Capital) and out.city
+    elif method == "json_mode":  # JSON mode constrains to JSON, not to a schema: ask for a dict
         out = llm.with_structured_output(Capital.model_json_schema(), method="json_mode").invoke(prompt)
         assert isinstance(out, dict)
     else:

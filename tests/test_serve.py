@@ -97,3 +97,20 @@ def test_route_endpoint_explains_without_generating(server):
         assert [ln for ln in m.splitlines() if ln.startswith('composer_expert_loads_total{expert="gemma3-270m",replica="')
                 and ln.endswith("} 0.0")]  # routing loaded nothing
         assert 'composer_tokens_total{expert="smollm2",kind="completion",replica="' in m
+
+
+def test_routellm_model_names_pick_the_routed_pipeline(oai):
+    """RouteLLM's `router-<pipeline>-<threshold>`: the routed pipeline with a per-request cost knob
+    (the router's lam); every answer says in headers where it went."""
+    raw = oai.chat.completions.with_raw_response.create(model="router-routed-0.5", messages=QUESTION, max_tokens=8)
+    r = raw.parse()
+    assert r.model == "router-routed-0.5" and r.choices[0].message.content
+    assert raw.headers["x-composer-pipeline"] == "routed"
+    assert raw.headers["x-composer-experts"] == "smollm2"  # geography: SmolLM2's declared skill
+    assert raw.headers["x-composer-route-reason"].startswith("symbolic: smollm2 predicted")
+    m = oai.models.retrieve("router-routed-0.5").model_extra
+    assert m["resolves_to"] == "routed" and m["threshold"] == 0.5 and m["kind"] == "pipeline"
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="has no router"):
+        oai.chat.completions.create(model="router-moa-0.5", messages=QUESTION)

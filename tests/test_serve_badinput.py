@@ -251,3 +251,17 @@ def test_drop_params_false_refuses_what_an_expert_cannot_honour(tmp_path):
         plan = to_queries(validate({**body, "model": "lax"}, ChatRequest), c, 4, "r")
         assert plan.dropped == ["top_p"] and plan.queries[0].params == {"top_p": 0.5}
         assert c.loaded_experts() == []
+
+
+def test_stream_sends_keepalives_while_an_expert_works(http):
+    """`steady` takes 1.5 s per batch: the stream opens at once, then SSE comments keep it alive."""
+    with http.stream("POST", "/v1/chat/completions", headers=AUTH,
+                     json={"model": "steady", "messages": MSG, "stream": True}) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[0].startswith("data: ") and '"role": "assistant"' in lines[0]
+    assert ": keep-alive" in lines, lines
+    data = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in data if c["choices"])
+    assert text == "[steady] hello" and lines[-1] == "data: [DONE]"
+    assert r.headers["x-composer-experts"] == "steady"

@@ -138,8 +138,6 @@ class FakeBackend(Backend):
             words = self._words(q)
             text = " ".join(words)
             comp = len(words) * tpw
-            if on_delta is not None and batch_s is not None:
-                on_delta(Delta(q.id, self.name, text))
             lat = (time.perf_counter() - t0) if batch_s is None else (time.perf_counter() - t_start)
             out.append(Candidate(q.id, self.name, text,
                                  Usage(prompt_tokens, comp, self.cost(prompt_tokens, comp), lat),
