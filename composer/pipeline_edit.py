@@ -1,5 +1,10 @@
-"""`composer pipeline add`: write a routed pipeline into experts.yaml, keeping its comments,
-key order and layout (ruamel.yaml round-trip), after checking it would work.
+"""`composer pipeline add`: write a routed pipeline into experts.yaml, keeping every other byte
+of the file (comments, order, line breaks inside flow lists), after checking it would work.
+
+The new entry is spliced into the text where PyYAML's node marks put the `pipelines` list (after
+its last item, or over the replaced item's lines). A ruamel.yaml round trip was tried first: it
+kept the comments but re-flowed multi-line flow lists (experts.yaml's `skills: [...]`) onto one
+line, so the text splice is used instead.
 
     add_pipeline("experts.yaml", "routed", "runs/router-knn", k=1)
 
@@ -7,15 +12,19 @@ Checks, each failing with BadRequestError naming what and where (exit 2 at the C
 file is touched: the registry is valid now; the router folder holds a saved router; every expert
 the router was trained on (or the `experts` pool given) is an expert of the registry; the name is
 free (or `replace`); k fits the pool; k > 1 has an aggregator; the aggregator's expert exists.
-The edited text is validated by the same parser `composer validate` uses, then written to a
-temporary file and renamed into place (a crash never leaves half a registry).
+The edited text is validated by the same parser `composer validate` uses and must hold the old
+pipelines plus the new one; it is written to a temporary file and renamed into place (a crash
+never leaves half a registry).
 """
 
 from __future__ import annotations
 
-import io
+import json
 import os
+import re
 from pathlib import Path
+
+import yaml
 
 from composer.errors import BadRequestError, ComposerError, ConfigError
 
@@ -49,9 +58,6 @@ def add_pipeline(config: str | Path, name: str, router: str | Path, *, k: int = 
                  replace: bool = False) -> dict:
     """Add (or with `replace`, overwrite) pipeline `name` routed by the saved router at `router`.
     Returns the pipeline entry as written."""
-    from ruamel.yaml import YAML  # noqa: PLC0415
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq  # noqa: PLC0415
-
     from composer.config import load_config, parse_config  # noqa: PLC0415
 
     config = Path(config)
@@ -93,45 +99,24 @@ def add_pipeline(config: str | Path, name: str, router: str | Path, *, k: int = 
         hint = "" if name in taken else "; pass --replace to overwrite it"
         raise BadRequestError(f"pipeline name '{name}' is already {what} in {config}{hint}")
 
-    yaml = YAML()  # round-trip: comments, order and flow styles survive
-    yaml.preserve_quotes = True
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 4096
-    text = config.read_text(encoding="utf-8")
-    doc = yaml.load(text)
-    entry = CommentedMap()
-    entry["name"] = name
-    entry["router"] = kind
-    entry["router_path"] = _relative(router, config.resolve().parent)
+    entry: dict = {"name": name, "router": kind, "router_path": _relative(router, config.resolve().parent)}
     if pool:
-        entry["experts"] = CommentedSeq(pool)
-        entry["experts"].fa.set_flow_style()
+        entry["experts"] = pool
     entry["k"] = k
-    agg = CommentedMap([("kind", aggregator)])
-    if aggregator_expert is not None:
-        agg["expert"] = aggregator_expert
-    agg.fa.set_flow_style()
-    entry["aggregator"] = agg
+    entry["aggregator"] = {"kind": aggregator, **({"expert": aggregator_expert} if aggregator_expert else {})}
     if params:
-        entry["params"] = CommentedMap(params)
-        entry["params"].fa.set_flow_style()
-    seq = doc.get("pipelines")
-    if seq is None or len(seq) == 0:
-        seq = CommentedSeq()
-        doc["pipelines"] = seq
-    seq.fa.set_block_style()
-    names = [p.get("name") for p in seq]
-    if name in names:
-        seq[names.index(name)] = entry
-    else:
-        seq.append(entry)
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    new = buf.getvalue()
+        entry["params"] = dict(params)
+    text = config.read_text(encoding="utf-8")
+    new = splice(text, entry, replace=name in pipes)
     try:
-        parse_config(new, source=str(config), base_dir=config.resolve().parent)
+        edited = parse_config(new, source=str(config), base_dir=config.resolve().parent)
     except ConfigError as exc:  # pragma: no cover - the checks above should make this unreachable
         raise BadRequestError(f"the edited registry would not validate: {exc}") from None
+    want = [p.name for p in cfg.pipelines if p.name != name] + [name]
+    got = [p.name for p in edited.pipelines]
+    if sorted(got) != sorted(want):  # pragma: no cover - a layout the splice does not understand
+        raise BadRequestError(f"{config}: could not place the pipeline in this file's layout (would give "
+                              f"pipelines {got}); add it by hand: {entry}")
     tmp = config.with_name(f".{config.name}.{os.getpid()}.tmp")
     tmp.write_text(new, encoding="utf-8")
     try:
@@ -139,5 +124,77 @@ def add_pipeline(config: str | Path, name: str, router: str | Path, *, k: int = 
         os.replace(tmp, config)
     finally:
         tmp.unlink(missing_ok=True)
-    return {k2: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
-            for k2, v in entry.items()}
+    return entry
+
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:-]*$")
+_RESERVED = {"true", "false", "null", "yes", "no", "on", "off", "y", "n"}
+
+
+def _scalar(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
+    v = str(v)
+    return v if _PLAIN.match(v) and v.lower() not in _RESERVED else json.dumps(v)
+
+
+def _flow(v) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_flow(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_flow(x) for x in v) + "]"
+    return _scalar(v)
+
+
+def _entry_lines(entry: dict, indent: int) -> list[str]:
+    pad = " " * indent
+    return [f"{pad}- name: {_scalar(entry['name'])}\n"] + [
+        f"{pad}  {k}: {_flow(v)}\n" for k, v in entry.items() if k != "name"]
+
+
+def _last_line(node) -> int:
+    """0-based line of a node's last character (a block collection's own end mark can sit past
+    trailing comments, so it is the last of its children's)."""
+    if isinstance(node, yaml.ScalarNode) or getattr(node, "flow_style", False):
+        end = node.end_mark
+        return end.line - 1 if end.column == 0 and end.line > node.start_mark.line else end.line
+    kids = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
+    return max((_last_line(k) for k in kids), default=node.start_mark.line)
+
+
+def splice(text: str, entry: dict, *, replace: bool = False) -> str:
+    """`text` with pipeline `entry` appended to (or, with `replace`, put over its namesake in)
+    the top-level `pipelines` list; every other line is kept byte for byte."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    found = [(k, v) for k, v in root.value if k.value == "pipelines"]
+    if not found:  # no pipelines key yet: one at the end
+        return "".join(lines) + "pipelines:\n" + "".join(_entry_lines(entry, 2))
+    key, val = found[0]
+    items = val.value if isinstance(val, yaml.SequenceNode) else []
+    if not items:  # `pipelines:`, `pipelines: []` or `pipelines: null`: a block list starts here
+        row = key.start_mark.line
+        rest = lines[row][key.end_mark.column:]
+        comment = rest[rest.index("#"):].rstrip("\n") if "#" in rest else ""
+        lines[row] = lines[row][: key.end_mark.column] + ":" + (f"  {comment}" if comment else "") + "\n"
+        return "".join(lines[: row + 1] + _entry_lines(entry, key.start_mark.column + 2) + lines[row + 1:])
+    names = [next((v.value for k, v in it.value if k.value == "name"), None)
+             if isinstance(it, yaml.MappingNode) else None for it in items]
+    if val.flow_style:  # pipelines: [{...}, {...}]: stay in flow style
+        if replace and entry["name"] in names:
+            it = items[names.index(entry["name"])]
+            return text[: it.start_mark.index] + _flow(entry) + text[it.end_mark.index:]
+        at = val.end_mark.index - 1  # the closing bracket
+        return text[:at] + ", " + _flow(entry) + text[at:]
+    dash_row = items[0].start_mark.line
+    indent = len(lines[dash_row]) - len(lines[dash_row].lstrip(" "))
+    if replace and entry["name"] in names:
+        it = items[names.index(entry["name"])]
+        start, stop = it.start_mark.line, _last_line(it) + 1
+    else:
+        start = stop = _last_line(items[-1]) + 1
+    return "".join(lines[:start] + _entry_lines(entry, indent) + lines[stop:])

@@ -4,6 +4,7 @@ through `composer ask --pipeline`. The router is trained on a real `composer col
 
 from __future__ import annotations
 
+import difflib
 import shutil
 from pathlib import Path
 
@@ -48,20 +49,16 @@ def registry(tmp_path) -> Path:
     return cfg
 
 
-def _comments(text: str) -> list[str]:
-    return [ln.split("#", 1)[1].strip() for ln in text.splitlines() if "#" in ln]
-
-
 def test_pipeline_add_writes_a_valid_pipeline_and_it_answers(registry, knn_router):
     before = registry.read_text()
     res = cli("pipeline", "add", "collected-knn", "--router", knn_router, "--config", registry)
     assert res.exit_code == 0, res.output
     after = registry.read_text()
-    assert _comments(after) == _comments(before)  # every comment kept, in order
-    assert after.startswith(before.split("pipelines:")[0])  # everything before pipelines untouched
-    top = [ln.split(":")[0] for ln in after.splitlines() if ln and ln[0].isalpha()]
-    assert top == [ln.split(":")[0] for ln in before.splitlines() if ln and ln[0].isalpha()]
-    assert "  - name: collected-knn" in after and "router: knn" in after
+    diff = [d for d in difflib.ndiff(before.splitlines(), after.splitlines()) if d[:2] in ("- ", "+ ")]
+    assert all(d.startswith("+ ") for d in diff)  # only lines added: every comment and line break kept
+    assert [d[2:] for d in diff] == ["  - name: collected-knn", "    router: knn", f"    router_path: \"{knn_router}\"",
+                                     "    k: 1", "    aggregator: {kind: none}"]
+    assert after.index("name: collected-knn") > after.index("pipelines:")  # inside the pipelines list
     assert cli("validate", registry).exit_code == 0
     with Composer.from_yaml(registry) as c:
         p = c.pipeline("collected-knn")
@@ -131,3 +128,17 @@ def test_k2_with_an_aggregator_is_written_and_validates(registry, knn_router):
     assert res.exit_code == 0, res.output
     assert "aggregator: {kind: moa, expert: smollm2}" in registry.read_text()
     assert cli("validate", registry).exit_code == 0
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("version: 1\npipelines: []   # none yet\nspecialists: []\n",
+     "version: 1\npipelines:  # none yet\n  - name: p\n    router: knn\n    k: 1\nspecialists: []\n"),
+    ("version: 1\nexperts: []", "version: 1\nexperts: []\npipelines:\n  - name: p\n    router: knn\n    k: 1\n"),
+    ("pipelines:\n- name: q\n  experts: [a, b,\n    c]  # kept\n\n# next\nexperts: []\n",
+     "pipelines:\n- name: q\n  experts: [a, b,\n    c]  # kept\n- name: p\n  router: knn\n  k: 1\n\n# next\nexperts: []\n"),
+    ("pipelines: [{name: q, k: 1}]  # flow\n", "pipelines: [{name: q, k: 1}, {name: p, router: knn, k: 1}]  # flow\n"),
+])
+def test_splice_keeps_every_other_byte_in_each_layout(text, expect):
+    from composer.pipeline_edit import splice
+
+    assert splice(text, {"name": "p", "router": "knn", "k": 1}) == expect

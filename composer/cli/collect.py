@@ -61,7 +61,7 @@ def _progress_bar(enabled: bool):
 
 @app.command("collect")
 def collect_cmd(
-    benchmark: Optional[List[str]] = typer.Option(None, "--benchmark", "-b", help=(
+    benchmark: Optional[List[str]] = typer.Option(None, "--benchmark", help=(
         "Built-in benchmark(s) graded by gold answers: gsm8k, mmlu, mmlu_pro, medmcqa, aime24, humaneval "
         "(repeat or comma-separate; --limit applies to each).")),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help=(
@@ -72,7 +72,7 @@ def collect_cmd(
     judge_mode: str = typer.Option("absolute", "--judge-mode", help="absolute (1-10 rubric) or pairwise (vs --reference-expert, both orders)."),
     reference_expert: Optional[str] = typer.Option(None, "--reference-expert", help="Pairwise judging: the expert every other is compared with."),
     judge_max_tokens: int = typer.Option(256, "--judge-max-tokens", min=1, help="The judge's generation budget per verdict."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Prompts (per benchmark)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Prompts (per benchmark)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the question order and of generation."),
     split: str = typer.Option("test", "--split", help="Benchmark split."),
     max_tokens: Optional[List[str]] = typer.Option(None, "--max-tokens", help=(
