@@ -262,3 +262,25 @@ def test_resume_after_sigkill_loses_nothing_and_doubles_nothing(tmp_path):
     assert len(keys) == len(set(keys)) == 400  # every pair once: nothing lost, nothing doubled
     assert [r["response"] for r in OutcomeStore(out).rows()[: len(stored)]] == [r["response"] for r in stored]
     assert read_outcomes(out).n_queries == 200
+
+
+def test_routing_report_joins_eval_decisions_with_measured_tokens_and_time(tmp_path):
+    from composer.collect.report import markdown, routing_report
+
+    items = jsonl_prompts(_numbers(tmp_path, 40))
+    out = tmp_path / "o.jsonl"
+    with Composer.from_yaml(_fake_registry(tmp_path)) as c:
+        collect(c, items, ["small", "large"], OutcomeStore(out), max_tokens={"small": 4, "large": 4})
+    res = cli("eval", "--outcomes", out, "--test-fraction", "0.5", "--router", "best_single,oracle", "--no-sweep",
+              "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    rep = routing_report([out], tmp_path / "ev" / "decisions.jsonl", large="large")
+    assert rep["test_queries"] == 20
+    alone = {x["name"]: x for x in rep["experts"]}
+    routed = {x["name"]: x for x in rep["routers"]}
+    assert alone["large"]["accuracy"] == 1.0 and alone["large"]["share_large"] == 1.0
+    assert alone["small"]["share_large"] == 0.0
+    # "large" is right everywhere, so both routers send everything to it and cost what it costs
+    assert routed["best_single"]["share_large"] == 1.0 == routed["oracle"]["accuracy"]
+    assert routed["best_single"]["mean_tokens"] == alone["large"]["mean_tokens"] > 0
+    assert "| best_single | 1.0 |" in markdown(rep)
