@@ -88,17 +88,61 @@ class _Collector:
                          metadata=meta, tool_calls=calls)
 
 
+# litellm-only arguments that an OpenAI-compatible server must not receive
+_LITELLM_ONLY = ("drop_params", "_skip_mcp_handler", "num_retries", "timeout", "api_base", "api_key", "model")
+_clients: dict = {}
+
+
+def _direct_model(model: str, api_base: str | None) -> str | None:
+    """The served model name when the upstream speaks OpenAI's API at `api_base` (an
+    `openai/...` or `hosted_vllm/...` model with a base URL), else None (litellm translates)."""
+    if not api_base:
+        return None
+    for prefix in ("openai/", "hosted_vllm/"):
+        if model.startswith(prefix):
+            return model[len(prefix):]
+    return None
+
+
+def _client(api_base: str, api_key: str | None, timeout: float, conc: int):
+    """One openai.AsyncOpenAI per upstream (and event loop): pooled keep-alive connections."""
+    import openai  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    key = (id(loop), api_base, api_key, timeout)
+    c = _clients.get(key)
+    if c is None:
+        import httpx  # noqa: PLC0415
+
+        limits = httpx.Limits(max_connections=max(conc, 1) + 8, max_keepalive_connections=max(conc, 1) + 8)
+        c = _clients[key] = openai.AsyncOpenAI(base_url=api_base, api_key=api_key or "not-needed",
+                                               timeout=timeout, max_retries=0,
+                                               http_client=httpx.AsyncClient(limits=limits, timeout=timeout))
+    return c
+
+
 async def achat_call(backend, q: Query, on_delta=None, *, model: str, api_base: str | None,
                      api_key: str | None, extra: dict | None = None) -> Candidate:
     """One call on the event loop. With `on_delta` the answer streams (each delta passed on as it
-    arrives); cancelling the awaiting task closes the upstream connection."""
-    litellm = import_litellm()
+    arrives); cancelling the awaiting task closes the upstream connection. An OpenAI-compatible
+    upstream (`openai/...` or `hosted_vllm/...` with an api_base, and every managed server) is
+    called with the official async client directly; other providers go through litellm."""
     kw = _kwargs(backend, q, model=model, api_base=api_base, api_key=api_key, extra=extra)
     t0 = time.perf_counter()
+    served = _direct_model(model, api_base)
     try:
-        if on_delta is None:
-            return _finished(backend, q, await litellm.acompletion(**kw), t0)
-        stream = await litellm.acompletion(**kw, stream=True, stream_options={"include_usage": True})
+        if served is not None:
+            client = _client(api_base, api_key, float(backend.spec.timeout_s), backend.spec.concurrency or 64)
+            args = {k: v for k, v in kw.items() if k not in _LITELLM_ONLY}
+            create = client.chat.completions.create
+            if on_delta is None:
+                return _finished(backend, q, await create(model=served, **args), t0)
+            stream = await create(model=served, **args, stream=True, stream_options={"include_usage": True})
+        else:
+            litellm = import_litellm()
+            if on_delta is None:
+                return _finished(backend, q, await litellm.acompletion(**kw), t0)
+            stream = await litellm.acompletion(**kw, stream=True, stream_options={"include_usage": True})
         col = _Collector(backend, q, on_delta, t0)
         try:
             async for chunk in stream:

@@ -83,6 +83,7 @@ COMMAND_MODULES = (
     "composer.cli.routers",
     "composer.cli.serve",
     "composer.cli.bench_service",
+    "composer.cli.bench_gateway",
     "composer.cli.bench_scheduler",
     "composer.cli.specialists",
     "composer.cli.collect",

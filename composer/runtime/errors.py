@@ -72,6 +72,8 @@ def from_exception(exc: BaseException) -> CallError:
         return call_error("load", msg)
     if isinstance(exc, BackendError):
         return call_error("error", msg, retryable=exc.retryable)
+    if getattr(exc, "code", None) == "context_length_exceeded":  # OpenAI's error code (openai client)
+        return call_error("context_overflow", msg)
     for kind, classes in _provider_classes():
         if isinstance(exc, classes):
             return call_error(kind, msg, status=_status(exc) if kind in ("bad_request",) else None)
