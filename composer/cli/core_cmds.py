@@ -61,8 +61,10 @@ def ask(
     memory_budget: Optional[int] = typer.Option(None, "--memory-budget", help="Bytes the resident experts may use."),
     executor: Optional[str] = typer.Option(None, help="local or ray (default: from the registry)."),
 ):
-    """Answer a question: routed by the registry's default pipeline unless --expert or --pipeline
-    is given. The answer goes to stdout, its route (experts, why, loads, tokens, time) to stderr."""
+    """Answer a question, routed by the default pipeline unless --expert or --pipeline says otherwise.
+
+    The answer goes to stdout, its route (experts, why, loads, tokens, time) to stderr.
+    """
     if not question.strip():
         fail("the question is empty", EXIT_CONFIG)
     if expert is not None and pipeline is not None:

@@ -16,8 +16,11 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing experts.yaml."),
     as_json: bool = typer.Option(False, "--json", help="Print the written path as JSON."),
 ):
-    """Write the default registry (embedded local models, a routed default pipeline) as
-    FOLDER/experts.yaml; later commands run in FOLDER use it."""
+    """Write the default registry as FOLDER/experts.yaml, to edit and own.
+
+    The registry has the embedded local models and a routed default pipeline; commands run in
+    FOLDER use it.
+    """
     from composer.config import packaged_registry
 
     src = packaged_registry()
