@@ -51,7 +51,9 @@ class Item:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("COMPOSER_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    from composer.data.paths import data_root  # noqa: PLC0415 - $COMPOSER_DATA, ../shared/data, user folder
+
+    return data_root()
 
 
 def package_file(package: str, relative: str, wheel: str) -> Path:
@@ -68,7 +70,8 @@ def package_file(package: str, relative: str, wheel: str) -> Path:
 def _shared(rel: str) -> Path:
     p = data_dir() / "benchmarks" / rel
     if not p.exists():
-        raise BenchmarkDataError(f"{p} not found; set COMPOSER_DATA to the shared data folder")
+        raise BenchmarkDataError(f"{p} not found; set COMPOSER_DATA to the shared data folder "
+                                 "or fetch it with `composer data pull`")
     return p
 
 

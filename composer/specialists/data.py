@@ -39,20 +39,18 @@ class DataNotFoundError(ComposerError, FileNotFoundError):
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The shared data folder: `root`, else $COMPOSER_DATA, else `<repo>/../shared/data`."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("COMPOSER_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    """The data folder: `root`, else $COMPOSER_DATA, else `<repo>/../shared/data`, else the user
+    data folder `composer data pull` fills (composer/data/paths.py)."""
+    from composer.data.paths import data_root as resolve  # noqa: PLC0415
+
+    return resolve(root)
 
 
 def _need(path: Path) -> Path:
     if not path.exists():
         raise DataNotFoundError(
             f"{path} not found; point COMPOSER_DATA at the shared data folder (it holds "
-            "graphs/planetoid and tabular/)")
+            "graphs/planetoid and tabular/) or fetch it with `composer data pull`")
     return path
 
 
