@@ -56,6 +56,12 @@ experts:
     context_length: 2048
     generation: {{max_tokens: 48, temperature: 0.0}}
     options: {{n_threads: 2}}
+  - name: smollm2-lp                     # the same model loaded with logits_all: it gives logprobs
+    backend: llamacpp
+    model: embedded:smollm2-135m-instruct
+    context_length: 512
+    generation: {{max_tokens: 8, temperature: 0.0}}
+    options: {{n_threads: 2, logits_all: true}}
   - name: remote
     backend: litellm
     model: openai/gpt-4o-mini
@@ -149,10 +155,12 @@ def test_openai_tools(oai, model):
         assert follow.choices[0].message.content == "The tool said: sunny, 21 C"
 
 
-def test_openai_tools_streamed(oai):
+@pytest.mark.parametrize("model", MODELS)
+def test_openai_tools_streamed(oai, model):
     calls, finish = {}, None
-    for ev in oai.chat.completions.create(model="remote", stream=True, tools=[WEATHER], tool_choice="required",
-                                          messages=[{"role": "user", "content": "Weather in Oslo?"}]):
+    # "required" with one tool is that tool (llama.cpp forces it by grammar)
+    for ev in oai.chat.completions.create(model=model, stream=True, tools=[WEATHER], tool_choice="required",
+                                          max_tokens=48, messages=[{"role": "user", "content": "Weather in Oslo?"}]):
         for ch in ev.choices:
             for tc in ch.delta.tool_calls or []:
                 c = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": ""})
@@ -160,7 +168,9 @@ def test_openai_tools_streamed(oai):
                 c["arguments"] += (tc.function.arguments or "") if tc.function else ""
             finish = ch.finish_reason or finish
     assert finish == "tool_calls"
-    assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == {"city": "Paris"}
+    assert calls[0]["name"] == "get_weather" and calls[0]["id"]
+    args = json.loads(calls[0]["arguments"])
+    assert args == {"city": "Paris"} if model == "remote" else isinstance(args["city"], str)
 
 
 def test_vote_pipeline_refuses_tools(oai):
@@ -184,14 +194,20 @@ def test_openai_json_object_and_parse(oai, model):
     assert isinstance(cap, Capital) and cap.city
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [*MODELS, "smollm2-lp"])
 def test_openai_logprobs(oai, model):
     raw = oai.chat.completions.with_raw_response.create(model=model, messages=Q, max_tokens=8, logprobs=True,
                                                         top_logprobs=2)
     r = raw.parse()
-    if model == "remote":
+    if model != "smollm2":
         lp = r.choices[0].logprobs.content
-        assert lp and len(lp[0].top_logprobs) == 2
+        assert lp and len(lp[0].top_logprobs) == 2 and lp[0].logprob <= 0
+        assert "x-composer-dropped-params" not in raw.headers
+        streamed = [ev.choices[0].logprobs for ev in oai.chat.completions.create(
+            model=model, messages=Q, max_tokens=8, logprobs=True, top_logprobs=2, stream=True)
+            if ev.choices and ev.choices[0].logprobs]
+        if model == "smollm2-lp":  # llama.cpp streams a logprob with each token
+            assert [t.token for s in streamed for t in s.content] == [t.token for t in lp]
     else:  # llama.cpp gives logprobs only when loaded with logits_all: dropped, and said so
         assert r.choices[0].logprobs is None
         assert "logprobs" in raw.headers["x-composer-dropped-params"]

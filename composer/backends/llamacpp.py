@@ -91,6 +91,7 @@ class LlamaCppBackend(Backend):
                 seed=int(opts.get("seed", 0)),
                 chat_format=chat_format,
                 verbose=bool(opts.get("verbose", False)),
+                logits_all=bool(opts.get("logits_all", False)),  # needed for logprobs (n_ctx x vocab floats)
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ExpertLoadError(f"llama.cpp could not load {path}: {exc}", expert=self.name) from None

@@ -60,11 +60,22 @@ def tool_calls_of(a: Answer, streaming: bool = False) -> list[dict] | None:
     return out
 
 
+def plain(obj):
+    """JSON-ready copy: numpy scalars (llama.cpp's logprobs are float32) become Python numbers."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        return obj.item()
+    return obj
+
+
 def logprobs_of(a: Answer) -> dict | None:
     if a.logprobs is not None:
-        return a.logprobs
+        return plain(a.logprobs)
     c = final_candidate(a)
-    return c.logprobs if c is not None else None
+    return plain(c.logprobs) if c is not None and c.logprobs is not None else None
 
 
 def finish_reason(a: Answer) -> str:
@@ -170,7 +181,7 @@ class ChunkWriter:
             if not d.text:
                 return None
             return self._chunk([{"index": index, "text": d.text, "finish_reason": None,
-                                 "logprobs": _text_logprobs(d.logprobs)}])
+                                 "logprobs": _text_logprobs(plain(d.logprobs) if d.logprobs else None)}])
         delta: dict = {}
         if d.text:
             delta["content"] = d.text
@@ -178,19 +189,21 @@ class ChunkWriter:
             delta["tool_calls"] = [self._tool_delta(index, i, tc) for i, tc in enumerate(d.tool_calls)]
         if not delta:
             return None
-        return self._chunk([{"index": index, "delta": delta, "finish_reason": None, "logprobs": d.logprobs}])
+        return self._chunk([{"index": index, "delta": delta, "finish_reason": None,
+                             "logprobs": plain(d.logprobs) if d.logprobs is not None else None}])
 
     def _tool_delta(self, index: int, i: int, tc: dict) -> dict:
+        """OpenAI's shape: the first delta of a call carries its id, type and name, later ones only
+        argument text (llama.cpp repeats the name in every chunk; it would be concatenated)."""
         fn = tc.get("function") or {}
         out: dict = {"index": tc.get("index", i)}
-        if tc.get("id"):
-            out["id"], out["type"] = tc["id"], "function"
-        out["function"] = {k: v for k, v in (("name", fn.get("name")), ("arguments", fn.get("arguments")))
-                           if v is not None}
         seen = self.tool_index.setdefault(index, {})
-        if out["index"] not in seen and "id" not in out:  # the first delta of a call must name it
-            out["id"], out["type"] = f"call_{index}_{out['index']}", "function"
-        seen[out["index"]] = 1
+        if out["index"] not in seen:
+            out["id"], out["type"] = tc.get("id") or f"call_{index}_{out['index']}", "function"
+            out["function"] = {"name": fn.get("name") or "", "arguments": fn.get("arguments") or ""}
+            seen[out["index"]] = 1
+        else:
+            out["function"] = {"arguments": fn.get("arguments") or ""}
         return out
 
     def finish(self, index: int, reason: str) -> bytes:
