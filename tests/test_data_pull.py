@@ -107,6 +107,11 @@ def test_pull_reproduces_the_layout_byte_for_byte_and_resumes(mirror, shared_dat
     assert (part_of, f"bytes={len(src) // 2}-") in log          # resumed with a Range request
     assert d["bytes"] == sum(f.size for f in load_manifest().select(SUBSET)) - len(src) // 2
 
+    from composer.specialists.data import load_planetoid  # the pulled folder is usable as is
+
+    g = load_planetoid("cora", root=dest)
+    assert g.x.shape[0] == 2708
+
     log.clear()
     r2 = _pull(url, dest)                                       # nothing left to fetch
     assert r2.exit_code == 0, r2.output
