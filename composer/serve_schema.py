@@ -526,7 +526,9 @@ def completion_queries(req: CompletionRequest, composer, max_n: int, request_id:
     chat_like = ChatRequest(model=req.model, messages=[Message(role="user", content=prompts[0])])
     dropped = _check_experts(composer, chat_like, target, params)
     stop = (req.stop,) if isinstance(req.stop, str) else (tuple(req.stop) if req.stop else None)
-    meta = {"threshold": target.threshold} if target.threshold is not None else {}
+    # the prompt is sent as it is to base models (chat_format: completion); chat models get it as
+    # the user's message through their template
+    meta = {"raw_prompt": True, **({"threshold": target.threshold} if target.threshold is not None else {})}
     qs = []
     for p_i, prompt in enumerate(prompts):
         if not prompt.strip():

@@ -114,3 +114,9 @@ def test_routellm_model_names_pick_the_routed_pipeline(oai):
 
     with pytest.raises(openai.BadRequestError, match="has no router"):
         oai.chat.completions.create(model="router-moa-0.5", messages=QUESTION)
+
+
+def test_completions_send_the_prompt_as_it_is_to_a_base_model(oai):
+    r = oai.completions.create(model="gemma3-270m", prompt="1, 2, 3, 4, 5,", max_tokens=6)
+    assert r.choices[0].text.startswith("6, 7"), r.choices[0].text  # no "Question: ... Answer:" wrapper
+    assert r.usage.completion_tokens > 0

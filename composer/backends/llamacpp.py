@@ -27,7 +27,9 @@ from composer.types import Candidate, Delta, Query, Usage
 
 
 def completion_prompt(q: Query) -> str:
-    """A plain-text prompt for base models (no chat template)."""
+    """A plain-text prompt for base models (no chat template); /v1/completions' prompt as it is."""
+    if q.metadata.get("raw_prompt"):
+        return q.text
     if not q.messages:
         return f"Question: {q.text}\nAnswer:"
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in q.messages]
