@@ -139,7 +139,8 @@ def collect_cmd(
             fail(str(exc), EXIT_USAGE)
     finally:
         c.close()
-    rows = [r for r in store.rows() if r["expert"] in names and r["query_id"] in {p.id for p in items}]
+    ids = {p.id for p in items}
+    rows = [r for r in store.rows() if r["expert"] in names and r["query_id"] in ids]
     summary = summarise(rows, names)
     if as_json:
         print_json({"report": report.to_dict(), "summary": summary})
