@@ -42,8 +42,10 @@ class ExpertActor:
         self.base_dir = base_dir
         self.backend = None
 
-    def ready(self) -> int:
-        return os.getpid()
+    def ready(self) -> tuple[int, str]:
+        import ray  # noqa: PLC0415
+
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def load(self):
         from composer.backends import make_backend
@@ -62,6 +64,10 @@ class ExpertActor:
 
     def unload(self) -> float:
         return self.backend.unload() if self.backend is not None else 0.0
+
+    def cancel_queries(self, query_ids) -> None:
+        if self.backend is not None:
+            self.backend.cancel(query_ids)
 
     def server_pid(self) -> int | None:
         """pid of the server process the backend started, if any (server backend)."""
@@ -91,6 +97,7 @@ class RayExecutor(BaseExecutor):
         self._actor_cls = None
         self._owns_ray = False
         self._inflight: set[str] = set()  # experts with a call out (interrupted ones stay here)
+        self._nodes: dict[str, str] = {}  # expert -> Ray node id of its actor
 
     # -- Ray plumbing -----------------------------------------------------------------------
     def _ray(self):
@@ -134,17 +141,19 @@ class RayExecutor(BaseExecutor):
                     f"{total.get(key, 0.0):g} in total; lower options.num_cpus/num_gpus or "
                     f"footprint_bytes in experts.yaml, or connect to a larger cluster (--ray-address)",
                     expert=expert)
+        # max_concurrency 2: a cancel (or time limit) reaches the backend while it generates
         opts = {"num_cpus": need["CPU"], "num_gpus": need["GPU"], "max_restarts": 0,
-                "max_task_retries": 0}
+                "max_task_retries": 0, "max_concurrency": 2}
         if "memory" in need:
             opts["memory"] = need["memory"]
         actor = self._actor_cls.options(**opts).remote(spec, self.base_dir)
+        placement_s = float(spec.options.get("placement_timeout_s", self.placement_timeout_s))
         try:
-            pid = ray.get(actor.ready.remote(), timeout=self.placement_timeout_s)
+            pid, node = ray.get(actor.ready.remote(), timeout=placement_s)
         except GetTimeoutError:
             ray.kill(actor)
             raise ExpertLoadError(
-                f"its Ray actor could not be placed within {self.placement_timeout_s:g}s (needs "
+                f"its Ray actor could not be placed within {placement_s:g}s (needs "
                 f"{ {k: v for k, v in need.items() if v} }; free now: {ray.available_resources()}); "
                 "unload other experts, lower the request, or add nodes", expert=expert) from None
         except BaseException as exc:  # e.g. the worker failed to start, or Ctrl-C: never leave it behind
@@ -152,6 +161,7 @@ class RayExecutor(BaseExecutor):
             if not isinstance(exc, Exception):
                 raise
             raise ExpertLoadError(f"its Ray actor failed to start: {_short(exc)}", expert=expert) from None
+        self._nodes[expert] = node
         return actor, pid
 
     def _load_timeout(self, expert: str) -> float:
@@ -256,6 +266,20 @@ class RayExecutor(BaseExecutor):
 
                 self._remote[expert] = make_backend(self.expert_spec(expert), base_dir=self.base_dir)
             return self._remote[expert]
+
+    def _placement(self, expert: str) -> dict:
+        node = self._nodes.get(expert)
+        return {"node": node} if node else {}
+
+    def _stop(self, expert: str, query_ids: list[str]) -> None:
+        """A cancel or time limit: the actor's backend stops those generations at the next token."""
+        entry = self._actors.get(expert)
+        if entry is not None:
+            entry[0].cancel_queries.remote(list(query_ids))
+
+    def node_of(self, expert: str) -> str | None:
+        """The Ray node id holding a loaded expert (for run reports and placement tests)."""
+        return self._nodes.get(expert) if expert in self._actors else None
 
     # -- lifecycle --------------------------------------------------------------------------
     def actor_pids(self) -> dict[str, int]:

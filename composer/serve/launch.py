@@ -75,8 +75,12 @@ def run_server(config_path: str, host: str, port: int, key_hashes: list[str], op
         ctx = ray.get_runtime_context()
         where = f"cluster {ray_address or os.environ.get('RAY_ADDRESS')}" if not owns else "local Ray"
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        try:
+            session = ray._private.worker._global_node.get_session_dir_path()  # noqa: SLF001 - log location
+        except AttributeError:
+            session = "(on the cluster's nodes)"
         echo(f"composer serve: ready on http://{host}:{port}/v1 (config {config_path}; {where}, {nodes} node(s), "
-             f"{options.replicas} replica(s); job {ctx.get_job_id()})")
+             f"{options.replicas} replica(s), job {ctx.get_job_id()}; ray logs {session})")
         while not stop.wait(0.5):
             pass
         echo("composer serve: draining in-flight requests ...")
