@@ -43,18 +43,27 @@ def parse_max_tokens(values: List[str] | None, experts: list[str], default: dict
     return out
 
 
-def _progress_bar(enabled: bool):
+def _progress(enabled: bool, lines: bool):
+    """A rich progress bar with ETA, or (`lines`: --no-progress without --json) one stderr line per
+    chunk, so a long background run shows its progress and loads in its log."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,  # noqa: PLC0415
                                TimeElapsedColumn, TimeRemainingColumn)
 
     bar = Progress(TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("calls"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
-    state: dict = {}
+    state: dict = {"t0": time.monotonic()}
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, report) -> None:
         if "task" not in state:  # starts counting ETA from the pairs already stored
             state["task"] = bar.add_task("collect", total=total, completed=done)
+            state["start"] = done
         bar.update(state["task"], completed=done, total=total)
+        if lines and report.chunks:
+            rate = (done - state["start"]) / max(time.monotonic() - state["t0"], 1e-9)
+            eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "-"
+            typer.echo(f"collect: {done}/{total} calls stored, chunk {report.chunks}, "
+                       f"{time.monotonic() - state['t0']:.0f} s, ETA {eta}; model loads {report.loads} "
+                       f"(lower bound {report.lower_bound}); failed {len(report.failed)}", err=True)
 
     return bar, update
 
@@ -130,7 +139,7 @@ def collect_cmd(
             store.check_and_write_meta(meta)
         except ComposerError as exc:
             fail(str(exc), EXIT_USAGE)
-        bar, update = _progress_bar(progress and not as_json)
+        bar, update = _progress(progress and not as_json, lines=not progress)
         try:
             with bar:
                 report = collect(c, items, names, store, max_tokens=mt, seed=seed, judge=jd,

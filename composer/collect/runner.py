@@ -60,10 +60,11 @@ def _row(p: PromptItem, c: Candidate, max_tokens: int, graded: dict) -> dict:
 
 def collect(composer, prompts: list[PromptItem], experts: list[str], store: OutcomeStore, *,
             max_tokens: dict[str, int], seed: int = 0, judge: Judge | None = None,
-            chunk_size: int = 16, progress: Callable[[int, int], None] | None = None) -> CollectReport:
+            chunk_size: int = 16, progress: Callable[[int, int, CollectReport], None] | None = None) -> CollectReport:
     """Run `experts` on `prompts`, grade, append to `store`; skip pairs already stored.
 
-    `progress(done_pairs, total_pairs)` is called after each chunk (the CLI's progress bar).
+    `progress(done_pairs, total_pairs, report_so_far)` is called after each chunk (the CLI's
+    progress bar, or a line per chunk).
     """
     if chunk_size < 1:
         raise BadRequestError("chunk size must be at least 1")
@@ -93,7 +94,7 @@ def collect(composer, prompts: list[PromptItem], experts: list[str], store: Outc
     judge_set = {judge.expert} if judge else set()
     finished = before
     if progress:
-        progress(finished, total)
+        progress(finished, total, report)
     for n, chunk in enumerate(chunks):
         last = n == len(chunks) - 1
         # answers: every pending (prompt, expert) of the chunk in ONE stage
@@ -121,7 +122,7 @@ def collect(composer, prompts: list[PromptItem], experts: list[str], store: Outc
         finished += len(rows)
         report.chunks += 1
         if progress:
-            progress(finished, total)
+            progress(finished, total, report)
     report.wall_s = round(time.perf_counter() - t0, 3)
     return report
 
