@@ -122,3 +122,51 @@ def test_eval_on_a_routerbench_csv_uses_its_own_costs(cli, files):
 
 def res_ids(out) -> list[str]:
     return sorted({json.loads(line)["query_id"] for line in (out / "decisions.jsonl").read_text().splitlines()})
+
+
+@pytest.fixture(scope="module")
+def routerdc_small(tmp_path_factory):
+    """RouterDC's folder layout with the first records of each real file (same names)."""
+    from routers_helpers import RDC
+
+    from evals.router_table import ID_FILES, OOD_FILES, TRAIN_FILES
+
+    d = tmp_path_factory.mktemp("routerdc_small")
+    for name in [*TRAIN_FILES, *ID_FILES.values(), *OOD_FILES.values()]:
+        records = json.loads((RDC / name).read_text())
+        (d / name).write_text(json.dumps(records[:14]))
+    return d
+
+
+def test_router_table_on_routerdc_layout(cli, routerdc_small, tmp_path):
+    out = tmp_path / "table.json"
+    r = cli("router", "table", "--data", routerdc_small, "--router", "best_single,knn", "--out", out)
+    assert r.exit_code == 0, r.output
+    for label in ("best single model", "best model per task", "RouterDC, published", "composer `knn`",
+                  "| MMLU | CMMLU | GSM8K | ARC-C | HumanEval | ID avg | PreAlgebra | MBPP | C-EVAL | OOD avg |"):
+        assert label in r.output
+    res = json.loads(out.read_text())
+    assert res["score_kinds"]["mmlu"] == "correct_if_positive" and res["score_kinds"]["mbpp"] == "fraction"
+    rows = res["rows"]
+    single = next(v for k, v in rows.items() if k.startswith("best single"))
+    per_task = rows["best model per task (needs the task label)"]
+    for col in res["columns"]:
+        assert per_task[col] >= single[col] - 1e-9
+        assert rows["oracle"][col] >= per_task[col] - 1e-9
+    r = cli("router", "table", "--data", tmp_path / "nowhere", "--router", "knn")
+    assert r.exit_code == 2 and "nowhere" in r.output
+    r = cli("router", "table", "--data", routerdc_small, "--router", "nope")
+    assert r.exit_code == 2 and "unknown router" in r.output
+
+
+def test_eval_score_kind_override_errors_exit_2(cli, routerdc_small):
+    train, test = routerdc_small / "humaneval_train.json", routerdc_small / "humaneval_test.json"
+    r = cli("eval", "--outcomes", train, "--test", test, "--router", "best_single", "--no-sweep",
+            "--score-kind", "humaneval=binary")
+    assert r.exit_code == 2 and "score kind binary" in r.output
+    r = cli("eval", "--outcomes", train, "--test", test, "--router", "best_single", "--no-sweep",
+            "--score-kind", "gsm8k=fraction")
+    assert r.exit_code == 2 and "['gsm8k']" in r.output
+    r = cli("eval", "--outcomes", train, "--test", test, "--router", "best_single", "--no-sweep",
+            "--score-kind", "humaneval=correct_if_positive")
+    assert r.exit_code == 0 and "humaneval correct_if_positive" in r.output
