@@ -156,6 +156,7 @@ class Service:
         from fastapi.responses import JSONResponse, StreamingResponse
 
         t = plan.target
+        label = t.pipeline or t.expert or "default"  # a registry name: bounded metric labels
         if req.stream:
             loop = asyncio.get_running_loop()
             decisions = await loop.run_in_executor(self.pool, partial(
@@ -166,7 +167,7 @@ class Service:
             def on_answers(answers):
                 self.metrics.record_answers(answers)
                 fail = self.failure(answers)
-                self.metrics.requests.labels(route, req.model, str(fail[0]) if fail else "200").inc()
+                self.metrics.requests.labels(route, label, str(fail[0]) if fail else "200").inc()
                 if fail is None and len(answers) == len(plan.queries):
                     self.log_completion(rid, req.model, plan.queries, answers)
 
@@ -180,9 +181,9 @@ class Service:
         fail = self.failure(answers)
         if fail is not None:
             status, msg, code, wait = fail
-            return self.error(status, msg, route=route, model=req.model, code=code, retry_after=wait,
+            return self.error(status, msg, route=route, model=label, code=code, retry_after=wait,
                               type_="invalid_request_error" if status == 400 else "server_error")
-        self.metrics.requests.labels(route, req.model, "200").inc()
+        self.metrics.requests.labels(route, label, "200").inc()
         await asyncio.get_running_loop().run_in_executor(self.pool, partial(self.log_completion, rid, req.model, plan.queries, answers))
         return JSONResponse(body_of(answers), headers=self.route_headers(plan, answers=answers))
 
@@ -358,7 +359,7 @@ class Service:
             return self.bad(exc, route)
         except ComposerError as exc:
             return self.error(400, scrub(str(exc)), route=route)
-        self.metrics.requests.labels(route, req.model, "200").inc()
+        self.metrics.requests.labels(route, t.pipeline or t.expert or "default", "200").inc()
         return {"object": "route", "model": req.model, "decisions": [d.to_dict() for d in decisions]}
 
     async def predict(self, request):
