@@ -305,6 +305,28 @@ class Composer:
         """Drop the cancellation marks of finished queries (bounded memory)."""
         self.runtime.forget(list(query_ids))
 
+    def submit_local(self, q: Query, expert: str, on_delta=None):
+        """One attempt of one call on a local expert, through the stream batcher (server mode):
+        a Future of its Candidate. This is how the ExpertHost serves every ingress replica."""
+        self.expert_spec(expert)
+        return self.stream_mode().submit(q, expert, on_delta)
+
+    def local_stats(self) -> dict:
+        """Loads per local expert and what is resident, wherever the local experts live (this
+        process, or the ExpertHost that serves every replica)."""
+        host = getattr(self.runtime.batcher, "host_stats", None)
+        if host is not None:
+            return {**host(), "owner": "expert-host"}
+        return {"loads": {n: self.backend(n).load_count for n in self._experts if not self.backend(n).remote},
+                "resident": list(self.executor.resident), "owner": "this replica"}
+
+    def use_expert_host(self, handle) -> None:
+        """Hand every local call to the ExpertHost deployment behind `handle` (several ingress
+        replicas share one owner of the local experts; composer/serve/host.py)."""
+        from composer.serve.host import RemoteBatcher  # noqa: PLC0415
+
+        self.runtime.batcher = RemoteBatcher(handle)
+
     def stream_mode(self, *, max_wait_s: float = 0.5, max_batch: int = 32):
         """Server mode: from now on concurrent `run` calls are batched by expert through one
         StreamBatcher (composer/stream.py) instead of taking turns. Returns the batcher."""

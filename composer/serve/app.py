@@ -107,8 +107,10 @@ def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | N
                       graceful_shutdown_timeout_s=options.drain_timeout_s, graceful_shutdown_wait_loop_s=0.5)
     @serve.ingress(api)
     class ComposerDeployment(Service):
-        def __init__(self, config_path: str, key_hashes: list[str], options: dict):
+        def __init__(self, config_path: str, key_hashes: list[str], options: dict, expert_host=None):
             Service.__init__(self, config_path, key_hashes, ServeOptions(**options))
+            if expert_host is not None:
+                self.composer.use_expert_host(expert_host)
 
         @api.post("/v1/chat/completions")
         async def chat_route(self, request: Request):
@@ -165,4 +167,19 @@ def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | N
         def __del__(self):
             self.close()
 
-    return ComposerDeployment.bind(config_path, key_hashes, asdict(options))
+    host = None
+    if options.replicas > 1 and _has_local_experts(config_path):
+        from composer.serve.host import ExpertHostImpl
+
+        # One owner of the local experts for all replicas (loads, budget and batching as with one).
+        ExpertHost = serve.deployment(name="composer-experts", num_replicas=1, ray_actor_options={"num_cpus": 0},
+                                      max_ongoing_requests=options.max_inflight * options.replicas * 2 + 8)(
+            ExpertHostImpl)
+        host = ExpertHost.bind(config_path, asdict(options))
+    return ComposerDeployment.bind(config_path, key_hashes, asdict(options), host)
+
+
+def _has_local_experts(config_path: str) -> bool:
+    from composer.config import load_config
+
+    return any(not e.is_remote for e in load_config(config_path).experts)

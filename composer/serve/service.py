@@ -433,7 +433,9 @@ class Service:
 
         body = {"config": self.config_path, "config_loaded": True, "ray": ray.is_initialized(),
                 "draining": self.draining, "experts": len(self.composer.experts),
-                "pipelines": len(self.composer.pipelines), "inflight": self.inflight}
+                "pipelines": len(self.composer.pipelines), "inflight": self.inflight,
+                "replica": self.metrics.replica if hasattr(self.metrics, "replica") else None,
+                "local_experts": await asyncio.to_thread(self.composer.local_stats)}
         ok = body["ray"] and not self.draining
         return JSONResponse({"ready": ok, **body}, status_code=200 if ok else 503)
 
