@@ -128,3 +128,20 @@ def test_client_is_the_openai_client(server):
             return r.choices[0].message.content
 
     assert asyncio.run(main()) == "[echo] hi"
+
+
+def test_async_client_streams_before_the_answer_is_finished(server):
+    """`slow` spreads its words over 30 s: the first piece must arrive long before that (the old
+    SDK collected the whole answer first); leaving early closes the stream (the server cancels)."""
+    import time
+
+    words = " ".join("abcdefghijklmn")  # 14 words + "[slow]": the first arrives after ~2 s
+
+    async def main():
+        async with AsyncClient(server.base, api_key=KEY, max_retries=0) as cl:
+            t0 = time.perf_counter()
+            async for piece in cl.stream([{"role": "user", "content": words}], model="slow"):
+                return piece, time.perf_counter() - t0
+
+    piece, seconds = asyncio.run(main())
+    assert piece == "[slow]" and seconds < 15, seconds
