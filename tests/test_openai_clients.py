@@ -68,6 +68,9 @@ experts:
     api_base: {upstream.base}
     api_key_env: UPSTREAM_KEY
 pipelines:
+  - name: remote-self-moa
+    experts: [remote]
+    aggregator: {{kind: self_moa, expert: remote, params: {{samples: 2, temperature: 0.7}}}}
   - name: remote-vote
     experts: [remote]
     aggregator: {{kind: vote, params: {{samples: {{remote: 2}}, temperature: 0.7}}}}
@@ -171,6 +174,19 @@ def test_openai_tools_streamed(oai, model):
     assert calls[0]["name"] == "get_weather" and calls[0]["id"]
     args = json.loads(calls[0]["arguments"])
     assert args == {"city": "Paris"} if model == "remote" else isinstance(args["city"], str)
+
+
+def test_a_pipelines_final_aggregator_honours_tools_and_formats(oai, upstream):
+    n0 = len(upstream.requests)
+    raw = oai.chat.completions.with_raw_response.create(model="remote-self-moa", tools=[WEATHER],
+                                                        messages=[{"role": "user", "content": "Weather in Rome?"}])
+    r = raw.parse()
+    assert raw.headers["x-composer-pipeline"] == "remote-self-moa"
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert len(upstream.requests) - n0 == 3  # 2 samples + the aggregator, each given the tools
+    r = oai.chat.completions.parse(model="remote-self-moa", response_format=Capital, messages=[
+        {"role": "user", "content": "The capital of France, as JSON."}])
+    assert r.choices[0].message.parsed == Capital(country="Paris", city="Paris")
 
 
 def test_vote_pipeline_refuses_tools(oai):
