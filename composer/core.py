@@ -50,7 +50,7 @@ class Composer:
 
     def __init__(self, config: RegistryConfig, *, base_dir: str | Path | None = None,
                  executor: str | None = None, memory_budget: int | None = None,
-                 ray_address: str | None = None, reliability=None):
+                 ray_address: str | None = None, reliability=None, reliability_overrides: dict | None = None):
         self.config = config
         self.base_dir = str(base_dir) if base_dir is not None else None
         self.executor_kind = executor or config.settings.executor
@@ -66,6 +66,7 @@ class Composer:
         self._specialists: dict[str, Any] = {}
         self._executor = None
         self._reliability = reliability  # composer.runtime.policy.Reliability; default made on first use
+        self._reliability_overrides = dict(reliability_overrides or {})  # e.g. `composer serve --retries`
         self._batcher = None  # composer.stream.StreamBatcher once stream_mode() is on (server)
         self._runtime = None  # composer.runtime.runtime.Runtime, made on first use
         self._lock = threading.RLock()
@@ -116,7 +117,7 @@ class Composer:
         # None: the scheduler measures free GPU memory where there is a GPU, else available RAM.
         scheduler = Scheduler(footprints, self.memory_budget, remote)
         if self.executor_kind == "ray":
-            from composer.executors import RayExecutor  # noqa: PLC0415 - Ray loads only when asked
+            from composer.ray_executor import RayExecutor  # noqa: PLC0415 - Ray loads only when asked
 
             return RayExecutor(self.expert_spec, scheduler, base_dir=self.base_dir, address=self.ray_address)
         return LocalExecutor(self.backend, scheduler)
@@ -130,7 +131,8 @@ class Composer:
             if self._reliability is None:
                 from composer.runtime.policy import Reliability  # noqa: PLC0415
 
-                self._reliability = Reliability(self.experts, **self.config.settings.reliability.model_dump())
+                self._reliability = Reliability(self.experts, **{**self.config.settings.reliability.model_dump(),
+                                                                  **self._reliability_overrides})
             return self._reliability
 
     @property
@@ -310,6 +312,21 @@ class Composer:
         a Future of its Candidate. This is how the ExpertHost serves every ingress replica."""
         self.expert_spec(expert)
         return self.stream_mode().submit(q, expert, on_delta)
+
+    def expert_status(self) -> dict[str, dict]:
+        """Per expert: loaded, loads, available (not cooling down), failure counts and the
+        generations its backend stopped on cancel: what /metrics and /readyz report."""
+        health = self.reliability.status()
+        out = {}
+        for name in self._experts:
+            b = self.backend(name)
+            out[name] = {"available": True, **health.get(name, {}), "loaded": b.is_loaded, "loads": b.load_count,
+                         "stopped_generations": int(getattr(b, "cancelled_queries", 0) or 0)}
+        return out
+
+    def retry_after_s(self) -> float:
+        """Seconds until the soonest cooling-down expert is back (0 when none is cooling down)."""
+        return self.reliability.retry_after_s()
 
     def local_stats(self) -> dict:
         """Loads per local expert and what is resident, wherever the local experts live (this

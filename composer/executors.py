@@ -1,7 +1,8 @@
 """Where a local expert lives and how one planned group runs on it.
 
-LocalExecutor runs experts in this process; RayExecutor (composer/ray_executor.py, imported lazily
-so `import composer.executors` never imports Ray) runs each loaded expert in a Ray actor. An
+LocalExecutor runs experts in this process; RayExecutor (composer/ray_executor.py, which builds on
+this module, never the other way round, so `import composer.executors` never imports Ray) runs
+each loaded expert in a Ray actor. An
 executor plans nothing: the runtime (composer/runtime/stage.py) asks the Scheduler for the order
 and the evictions, then calls `run_group(group, queries, events, on_delta)` for one local group at
 a time; remote experts are reached through `remote_backend(expert)` on the runtime's event loop.
@@ -226,12 +227,4 @@ class LocalExecutor(BaseExecutor):
         self.unload_all()
 
 
-def __getattr__(name: str):
-    if name == "RayExecutor":  # Ray is imported only when a RayExecutor is asked for
-        from composer.ray_executor import RayExecutor
-
-        return RayExecutor
-    raise AttributeError(f"module 'composer.executors' has no attribute {name!r}")
-
-
-__all__ = ["BaseExecutor", "LocalExecutor", "RayExecutor", "StageResult", "failed"]
+__all__ = ["BaseExecutor", "LocalExecutor", "StageResult", "failed"]

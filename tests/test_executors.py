@@ -79,7 +79,7 @@ def ray_session():
 
 
 def ray_executor(cfg, fp, budget, **kw):
-    from composer.executors import RayExecutor
+    from composer.ray_executor import RayExecutor
 
     return RayExecutor(spec_of(cfg), Scheduler(fp, budget), **kw)
 
@@ -297,7 +297,7 @@ CHILD = textwrap.dedent("""
     if kind == "ray":
         import ray
         ray.init(address=sys.argv[2], log_to_driver=False)
-        from composer.executors import RayExecutor
+        from composer.ray_executor import RayExecutor
         ex = RayExecutor(specs.__getitem__, sched)
     else:
         ex = LocalExecutor(backends.__getitem__, sched)

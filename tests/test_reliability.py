@@ -75,7 +75,7 @@ def make(clock=None, **kw) -> Composer:
     cfg = parse_config(CONFIG, check_files=False)
     c = Composer(cfg, executor="local")
     params = dict(max_retries=2, backoff_s=0.001, backoff_max_s=0.01, cooldown_after=3, cooldown_s=30,
-                  seed=0, get_backend=c.backend)
+                  seed=0)
     if clock is not None:
         params.update(clock=clock, sleep=clock.sleep)
     params.update(kw)

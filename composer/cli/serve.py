@@ -55,5 +55,6 @@ def serve(
                                                        "cooldown_s": cooldown_s, "cooldown_rate": cooldown_rate}.items()
                                      if v is not None})  # unset flags keep experts.yaml's settings
     code = run_server(str(Path(path).resolve()), host, port, [hash_key(k) for k in keys], opts,
-                      echo=lambda m: typer.echo(m, err=False), ray_address=ray_address or cfg.settings.ray_address)
+                      echo=lambda m: typer.echo(m, err=False), ray_address=ray_address or cfg.settings.ray_address,
+                      config=cfg)
     raise typer.Exit(code)

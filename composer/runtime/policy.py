@@ -66,8 +66,7 @@ class Reliability:
     def __init__(self, experts: dict, *, max_retries: int = 2, backoff_s: float = 0.05,
                  backoff_max_s: float = 2.0, cooldown_after: int = 3, cooldown_s: float = 10.0,
                  cooldown_rate: float = 0.6, window: int = 20, max_fallbacks: int = 3, seed: int | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 get_backend=None):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.experts = experts
         self.max_retries = max_retries
         self.backoff_s = backoff_s

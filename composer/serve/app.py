@@ -92,8 +92,9 @@ def add_error_handlers(api) -> None:
                                        type_="server_error", code="internal_error"), status_code=500)
 
 
-def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | None = None):
-    """The Ray Serve application (bind it with serve.run)."""
+def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | None = None, config=None):
+    """The Ray Serve application (bind it with serve.run). `config`: the registry already parsed
+    from `config_path` by the caller (so the launcher reads it once; each replica reads it once)."""
     from fastapi import FastAPI, Request
     from ray import serve
 
@@ -168,7 +169,7 @@ def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | N
             self.close()
 
     host = None
-    if options.replicas > 1 and _has_local_experts(config_path):
+    if options.replicas > 1 and _has_local_experts(config if config is not None else config_path):
         from composer.serve.host import ExpertHostImpl
 
         # One owner of the local experts for all replicas (loads, budget and batching as with one).
@@ -179,7 +180,8 @@ def build_app(config_path: str, key_hashes: list[str], options: ServeOptions | N
     return ComposerDeployment.bind(config_path, key_hashes, asdict(options), host)
 
 
-def _has_local_experts(config_path: str) -> bool:
+def _has_local_experts(config) -> bool:
     from composer.config import load_config
 
-    return any(not e.is_remote for e in load_config(config_path).experts)
+    cfg = load_config(config) if isinstance(config, str) else config
+    return any(not e.is_remote for e in cfg.experts)

@@ -33,7 +33,7 @@ def app(args: dict):
         raise ValueError(f"composer: registry {path} not found (give args config=PATH or $COMPOSER_CONFIG)")
     from composer.config import load_config
 
-    load_config(path)  # fail here, with file:line:field, not in a replica
+    cfg = load_config(path)  # fail here, with file:line:field, not in a replica
     keys = load_api_keys(os.environ.get("COMPOSER_API_KEYS"), args.pop("api_key_file", None))
     if not keys:
         raise ValueError("composer: no API keys; set COMPOSER_API_KEYS or args api_key_file=FILE")
@@ -44,4 +44,4 @@ def app(args: dict):
     for k, v in args.items():
         typ = _OPTION_KEYS[k]
         opts[k] = (str(v).lower() in ("1", "true", "yes")) if typ is bool else typ(v)
-    return build_app(str(path), [hash_key(k) for k in keys], ServeOptions(**opts))
+    return build_app(str(path), [hash_key(k) for k in keys], ServeOptions(**opts), config=cfg)

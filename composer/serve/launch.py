@@ -53,7 +53,7 @@ def init_ray(ray_address: str | None):
 
 
 def run_server(config_path: str, host: str, port: int, key_hashes: list[str], options: ServeOptions,
-               echo=print, ray_address: str | None = None) -> int:
+               echo=print, ray_address: str | None = None, config=None) -> int:
     """Start (or join) Ray and the app, block until SIGTERM/SIGINT, drain, shut down. Returns an
     exit code."""
     import signal
@@ -68,7 +68,7 @@ def run_server(config_path: str, host: str, port: int, key_hashes: list[str], op
     try:
         quiet = {"log_level": "WARNING", "enable_access_log": False}
         serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
-        handle = serve.run(build_app(config_path, key_hashes, options), name="composer", route_prefix="/",
+        handle = serve.run(build_app(config_path, key_hashes, options, config=config), name="composer", route_prefix="/",
                            blocking=False, logging_config=quiet)
         for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
             signal.signal(sig, lambda *_: stop.set())

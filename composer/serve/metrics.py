@@ -199,14 +199,12 @@ class Metrics:
         """Levels read from the Composer's public state before a scrape: loaded and available per
         expert, and the backends' own count of stopped generations (as counter increments).
         Also makes every expert's per-expert series exist (at 0) before its first event."""
-        health = composer.reliability.status()
-        for name in composer.experts:
-            b = composer.backend(name)
+        for name, st in composer.expert_status().items():
             self.loads.labels(name)
             self.errors.labels(name, "error")
-            self.loaded.labels(name).set(int(b.is_loaded))
-            self.available.labels(name).set(int(health.get(name, {}).get("available", True)))
-            stopped = int(getattr(b, "cancelled_queries", 0) or 0)
+            self.loaded.labels(name).set(int(st["loaded"]))
+            self.available.labels(name).set(int(st["available"]))
+            stopped = st["stopped_generations"]
             with self._lock:
                 delta = stopped - self._seen_stopped.get(name, 0)
                 self._seen_stopped[name] = max(stopped, self._seen_stopped.get(name, 0))

@@ -40,19 +40,13 @@ class Service:
     """The endpoint's logic, independent of Ray Serve's decorators (they wrap it in build_app)."""
 
     def __init__(self, config_path: str, key_hashes: list[str], options: ServeOptions):
-        from composer.config import load_config
         from composer.core import Composer
-        from composer.reliability import Reliability
 
         self.config_path = config_path
         self.key_hashes = list(key_hashes)
         self.options = options
-        cfg = load_config(config_path)
-        # experts.yaml's settings.reliability, with the command line's flags on top.
-        policy = Reliability({e.name: e for e in cfg.experts},
-                             **{**cfg.settings.reliability.model_dump(), **options.reliability})
-        self.composer = Composer.from_yaml(config_path, reliability=policy)
-        policy.get_backend = self.composer.backend
+        # experts.yaml's settings.reliability, with the command line's flags on top; read once.
+        self.composer = Composer.from_yaml(config_path, reliability_overrides=options.reliability)
         self.composer.stream_mode(max_wait_s=options.batch_max_wait_s, max_batch=options.max_batch)
         self.pool = ThreadPoolExecutor(max_workers=options.max_inflight + 4, thread_name_prefix="composer-req")
         self.metrics = Metrics(replica=replica_id())
@@ -123,12 +117,11 @@ class Service:
             return None
         a = bad[0]
         kinds = {c.call_error.kind for c in a.candidates if c.call_error is not None}
-        kinds |= {c.metadata.get("error_type") for c in a.candidates}
         if a.call_error is not None:
             kinds.add(a.call_error.kind)
         if kinds & {"bad_request", "context_overflow"}:
             return 400, scrub(a.error), "context_length_exceeded" if "context_overflow" in kinds else "expert_rejected", None
-        wait = max(self.options.retry_after_s, math.ceil(self.composer.reliability.retry_after_s()))
+        wait = max(self.options.retry_after_s, math.ceil(self.composer.retry_after_s()))
         return 503, scrub(a.error), "expert_unavailable", wait
 
     def route_headers(self, plan, answers=None, decisions=None) -> dict:
