@@ -49,7 +49,8 @@ class _LocalCompletions:
         self._c = composer
 
     def _plan(self, body: dict):
-        from composer.serve_schema import BadRequest, ChatRequest, new_request_id, to_queries, validate
+        from composer.serve.plan import to_queries
+        from composer.serve_schema import BadRequest, ChatRequest, new_request_id, validate
 
         try:
             req = validate(body, ChatRequest)

@@ -237,7 +237,8 @@ def test_fields_a_fake_expert_cannot_honour_are_dropped_with_a_header(http):
 def test_drop_params_false_refuses_what_an_expert_cannot_honour(tmp_path):
     """In-process (no server): the schema checks against a registry whose expert says drop_params: false."""
     from composer.core import Composer
-    from composer.serve_schema import BadRequest, ChatRequest, to_queries, validate
+    from composer.serve.plan import to_queries
+    from composer.serve_schema import BadRequest, ChatRequest, validate
 
     cfg = tmp_path / "e.yaml"
     cfg.write_text("version: 1\nexperts:\n"

@@ -21,9 +21,9 @@ from composer.serve.bodies import ChunkWriter, completion_body, embeddings_body,
 from composer.serve.metrics import Metrics, replica_id
 from composer.serve.options import ServeOptions, hash_key, scrub
 from composer.serve.streaming import sse_events
+from composer.serve.plan import completion_queries, resolve_model, to_queries
 from composer.serve_schema import (BadRequest, ChatRequest, CompletionRequest, EmbeddingRequest, PredictRequest,
-                                   RouteRequest, completion_queries, new_request_id, parse_body, resolve_model,
-                                   to_queries)
+                                   RouteRequest, new_request_id, parse_body)
 from composer.types import Query
 
 log = logging.getLogger("composer.serve")
