@@ -266,3 +266,17 @@ def test_stream_sends_keepalives_while_an_expert_works(http):
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in data if c["choices"])
     assert text == "[steady] hello" and lines[-1] == "data: [DONE]"
     assert r.headers["x-composer-experts"] == "steady"
+
+
+def test_what_a_litellm_provider_cannot_take_is_known_before_the_call():
+    """litellm's table of each provider's OpenAI fields decides what is dropped (in-process)."""
+    from composer.backends.params import unsupported
+    from composer.config import ExpertSpec
+
+    asked = {"logit_bias": {"1": 1.0}, "tools": [], "presence_penalty": 0.5, "user": "u", "top_p": 0.9}
+    claude = ExpertSpec(name="c", backend="litellm", model="anthropic/claude-3-5-sonnet-20240620")
+    gpt = ExpertSpec(name="g", backend="litellm", model="openai/gpt-4o-mini")
+    local = ExpertSpec(name="l", backend="llamacpp", model="embedded:smollm2-135m-instruct")
+    assert unsupported(claude, asked) == ["logit_bias", "presence_penalty"]
+    assert unsupported(gpt, asked) == []
+    assert unsupported(local, {**asked, "logprobs": True, "modalities": ["text"]}) == ["logprobs", "modalities"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import lru_cache
 from typing import Any
 
 from composer.types import Query
@@ -65,11 +66,25 @@ def drop_params(spec) -> bool:
     return bool((spec.options or {}).get("drop_params", True))
 
 
+@lru_cache(maxsize=128)
+def provider_fields(model: str) -> frozenset | None:
+    """The OpenAI fields litellm knows its provider for `model` takes (None: unknown)."""
+    try:
+        from composer.offline import import_litellm  # noqa: PLC0415
+
+        got = import_litellm().get_supported_openai_params(model=model)
+    except Exception:  # noqa: BLE001 - an unknown provider: assume the OpenAI set
+        return None
+    return frozenset(got) if got else None
+
+
 def unsupported(spec, params: dict) -> list[str]:
     """The request fields (of `params`) that the expert `spec` cannot honour, sorted."""
     if spec.backend in ("litellm", "server"):
-        return sorted(k for k in params if k not in OPENAI_FIELDS and k not in CLIENT_ONLY
-                      and k not in IGNORABLE)
+        allowed = OPENAI_FIELDS
+        if spec.backend == "litellm":  # a provider (anthropic/, ollama/...) may take fewer
+            allowed = OPENAI_FIELDS & (provider_fields(spec.model) or OPENAI_FIELDS)
+        return sorted(k for k in params if k not in allowed and k not in CLIENT_ONLY and k not in IGNORABLE)
     if spec.backend == "llamacpp":
         bad = []
         for k, v in params.items():
