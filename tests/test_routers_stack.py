@@ -54,12 +54,14 @@ def test_margin_keeps_the_prior_choice_unless_clearly_beaten(fitted, tables, emb
     prompts = test.prompts()
     X = embedder.encode(prompts)
     prior_pick = fitted._prior().predict(X).argmax(1)
-    plain = fitted.predict_scores(prompts).argmax(1)
-    fitted.set_params(margin=1.0)
+    default = fitted.margin
     try:
+        fitted.set_params(margin=0.0)
+        plain = fitted.predict_scores(prompts).argmax(1)
+        fitted.set_params(margin=1.0)
         forced = fitted.predict_scores(prompts).argmax(1)
     finally:
-        fitted.set_params(margin=0.0)
+        fitted.set_params(margin=default)
     assert (forced == prior_pick).all()  # scores are in [0, 1]: a bonus of 1 always wins
     assert (plain != prior_pick).any()   # without it the stack does leave the prior somewhere
 
