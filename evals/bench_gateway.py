@@ -54,7 +54,7 @@ class Proc:
             if self.proc.poll() is not None:
                 break
             try:
-                if httpx.get(self.url, headers=self.headers, timeout=2).status_code < 500:
+                if httpx.get(self.url, headers=self.headers, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
