@@ -247,9 +247,10 @@ class Composer:
             for d in decisions:
                 for e in d.experts:
                     self.expert_spec(e)
+        t_run = time.perf_counter()
         for q, d in zip(qs, decisions):
-            self.events.emit("route", query_id=q.id, pipeline=pipeline, experts=list(d.experts),
-                             reason=d.reason, router=d.router)
+            self.events.emit("route", query_id=q.id, request_id=q.metadata.get("request_id"), pipeline=pipeline,
+                             experts=list(d.experts), reason=d.reason, router=d.router)
         if pipeline is not None:
             a = self.pipeline(pipeline).aggregator
             aggregator = make_aggregator(a.kind, a.expert, registry=self.expert_spec, **a.params)
@@ -260,6 +261,9 @@ class Composer:
             raise RuntimeError(f"aggregator '{aggregator.kind}' returned {len(answers)} answers for {len(qs)} queries")
         for a in answers:
             _finish_answer(a)
+            self.events.emit("answer", query_id=a.query_id, ok=a.ok, experts=list(a.experts),
+                             error_kind=a.call_error.kind if a.call_error else None,
+                             seconds=time.perf_counter() - t_run)
         return answers
 
     async def arun(self, queries: Iterable[Query | str], *, expert: str | None = None,

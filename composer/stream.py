@@ -221,7 +221,7 @@ class StreamBatcher:
 
         wait_s = time.monotonic() - min(en.t for en in entries)
         if self.sink is not None:
-            self.sink.emit("batch", expert=expert, size=len(entries), wait_s=wait_s)
+            self.sink.emit("batch", expert=expert, size=len(entries), wait_s=wait_s, queued=self.pending())
         try:
             plan = self.executor.scheduler.plan(work, self.executor.resident, upcoming)
             cands = self.executor.run_group(plan.groups[0], [en.query for en in entries], events,

@@ -37,11 +37,15 @@ def open_composer(config: Optional[Path], **kw):
     """Load the registry, exiting with code 2 and file:line field on a config error."""
     from composer.core import Composer
 
+    from composer.observability import attach
+
     path = config or default_config_path()
     try:
-        return Composer.from_yaml(path, **kw)
+        c = Composer.from_yaml(path, **kw)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    attach(c)  # logs (and traces when OTEL_* ask) as the global --log-* options say
+    return c
 
 
 def print_json(obj) -> None:

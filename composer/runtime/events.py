@@ -14,8 +14,9 @@ Kinds and their fields (every field optional unless named):
 - retry: query_id, expert, error_kind, delay_s; fallback: query_id, from_expert, expert, error_kind
 - cancel: query_id, expert
 - first_token: query_id, expert, seconds (since the call started)
-- batch: expert, size, wait_s (the oldest item's wait in the batcher)
+- batch: expert, size, wait_s (the oldest item's wait in the batcher), queued (still waiting after it)
 - request: request_id, route, model, status, seconds (the HTTP layer)
+- answer: query_id, ok, experts, error_kind, seconds (each answer Composer.run returns)
 A subscriber that raises is logged and kept; it never breaks the request path.
 """
 
