@@ -103,8 +103,9 @@ def test_local_and_ray_give_the_same_answers(cfg, ray_session):
     assert any(c.text for c in a.candidates)
     for res in (a, b):
         assert res.loads == res.plan.lower_bound == 2  # one load per expert
-        assert [e["event"] for e in res.events] == ["load", "unload", "load"]
-        assert all(e["seconds"] > 0 for e in res.events)
+        swaps = [e for e in res.events if e["event"] in ("load", "unload")]  # attempts are events too
+        assert [e["event"] for e in swaps] == ["load", "unload", "load"]
+        assert all(e["seconds"] > 0 for e in swaps)
         assert res.peak_bytes <= budget
     assert set(pids) == {"gemma"} and pids["gemma"] != os.getpid()  # the model lived in an actor
     assert ray_ex.actor_pids() == {}  # close() stopped it

@@ -219,6 +219,16 @@ class Stage:
     def _start_remote(self, it) -> None:
         self.policy.attempting(it)
         backend = self.executor.remote_backend(it.expert)
+        if not backend.is_loaded:  # connect: nothing to load, but a missing key fails here, clearly
+            t0 = time.perf_counter()
+            try:
+                self.events.append({"event": "connect", "expert": it.expert, "seconds": backend.load()})
+            except Exception as exc:  # noqa: BLE001 - fails only this expert's items
+                err = from_exception(exc)
+                self.events.append({"event": "load_failed", "expert": it.expert,
+                                    "seconds": time.perf_counter() - t0, "error": str(exc)})
+                self._settle(it, failure(it.work.query.id, it.expert, "load", str(exc), retryable=err.retryable))
+                return
         spec = backend.spec
         limit = float(spec.timeout_s)
         conc = int(spec.concurrency or 64)
