@@ -189,7 +189,7 @@ class Composer:
 
                 self._routers[p.name] = fit_declared(p, self._experts)
             if p.name not in self._routers:
-                from routers import load_router  # noqa: PLC0415 - routers load embedders lazily
+                from composer.routers import load_router  # noqa: PLC0415 - routers load embedders lazily
 
                 path = p.router_path
                 if path and self.base_dir and not Path(path).is_absolute():

@@ -35,7 +35,7 @@ def declared_table(experts: Sequence[ExpertSpec]):
 
 def fit_declared(pipeline: PipelineSpec, experts: Mapping[str, ExpertSpec]):
     """The pipeline's router, fitted on its experts' declared skills (vocabulary = those skills)."""
-    from routers import make_router  # noqa: PLC0415 - routers load embedders lazily
+    from composer.routers import make_router  # noqa: PLC0415 - routers load embedders lazily
 
     pool = [experts[name] for name in pipeline.experts]
     table, skills = declared_table(pool)

@@ -32,7 +32,7 @@ AGGREGATORS = ("none", "moa", "self_moa", "self_moa_seq", "vote")
 
 
 def _router_info(path: Path) -> tuple[str, list[str]]:
-    from routers.base import Router  # noqa: PLC0415 - routers import numpy; only when adding
+    from composer.routers.base import Router  # noqa: PLC0415 - routers import numpy; only when adding
 
     if not (path / "router.json").is_file():
         raise BadRequestError(f"--router {path}: no saved router there (router.json missing); "

@@ -150,7 +150,7 @@ def run_benchmark(*, levels=(1, 8, 32, 64), seconds: float = 8.0, delay: float =
     res = {"setup": {"upstream_delay_s": delay, "first_token_s": first_token, "seconds_per_level": seconds,
                      "levels": list(levels), "cpus": os.cpu_count()}, "targets": TARGETS, "gateways": {}}
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    up_cmd = [sys.executable, "-m", "evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),
+    up_cmd = [sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),
               "--first-token", str(first_token), "--chunks", "8", "--lifetime", "3600"]
     with Proc("upstream", up_cmd, upstream + "/v1/models"):
         log("upstream alone ...")

@@ -1,7 +1,7 @@
 """Routing overhead benchmark: single-query latency (embedding + prediction + decision) and
 batched throughput, on prompts the router has never embedded (no cache hits), plus the cached path.
 
-    python -m evals.bench_router --router runs/knn --outcomes ../shared/data/outcomes/routerdc-7b/mmlu_test.json
+    python -m composer.evals.bench_router --router runs/knn --outcomes ../shared/data/outcomes/routerdc-7b/mmlu_test.json
 
 Prints the numbers and writes them to JSON. Timings on a shared CPU are noisy: the JSON records
 the load average before and after, and the ratio of the cached to the cold path.
@@ -31,7 +31,7 @@ def run_bench(router, queries: list[str], *, n_single: int = 100, batch_size: in
               out: str | Path | None = None, progress=print) -> dict[str, Any]:
     """Measure `router.route` on fresh prompts. `queries` must hold at least n_single + n_batch
     distinct prompts (more are ignored) so that no timed call hits the embedding cache."""
-    from routers.embed import Embedder
+    from composer.routers.embed import Embedder
 
     queries = list(dict.fromkeys(queries))
     need = warmup + n_single + n_batch
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from composer.outcomes import read_outcomes
-    from routers.base import Router
+    from composer.routers.base import Router
 
     ap = argparse.ArgumentParser(description="Routing overhead benchmark.")
     ap.add_argument("--router", required=True, help="saved router folder")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from evals.bench_gateway import KEY, Proc, REPO
+from composer.evals.bench_gateway import KEY, Proc, REPO
 from composer.backends.server import free_port
 
 PROMPT = "Name three colours."
@@ -104,7 +104,7 @@ def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0
     own, inproc = own[1:], inproc[1:]
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
-    up_cmd = [sys.executable, "-m", "evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),
+    up_cmd = [sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),
               "--first-token", str(first_token), "--chunks", "10", "--lifetime", "1800"]
     import tempfile
 

@@ -1,7 +1,7 @@
 """The live aggregation comparison: several runs (experts and pipelines) on several benchmarks,
 one resumable result file per (benchmark, run), then one table.
 
-    python -m evals.compare --config evals/configs/live-cpu.yaml --benchmarks mmlu gsm8k \\
+    python -m composer.evals.compare --config evals/configs/live-cpu.yaml --benchmarks mmlu gsm8k \\
         --runs smollm2 gemma3-270m self-moa moa vote --limit 50 --seed 0 --out-dir runs/aggregation
 
 Runs go benchmark by benchmark, run by run; a killed comparison restarts where it stopped
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evals.live import ResultStore, run_live_eval, summarise, unique_records
+from composer.evals.live import ResultStore, run_live_eval, summarise, unique_records
 
 
 def result_path(out_dir: Path, benchmark: str, run: str, seed: int) -> Path:
@@ -103,8 +103,8 @@ def latency_probe(benchmark: str, runs: list[str], *, config: str | None, n: int
 
     from composer.core import Composer  # noqa: PLC0415
     from composer.types import Query  # noqa: PLC0415
-    from evals.benchmarks import get_benchmark  # noqa: PLC0415
-    from evals.live import select_items  # noqa: PLC0415
+    from composer.evals.benchmarks import get_benchmark  # noqa: PLC0415
+    from composer.evals.live import select_items  # noqa: PLC0415
 
     bench = get_benchmark(benchmark)
     mt = max_tokens or bench.max_tokens

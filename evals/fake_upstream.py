@@ -4,7 +4,7 @@ It is NOT a model: it answers every chat completion after a fixed delay, so gate
 compared on the same upstream (composer vs the LiteLLM proxy) and streaming and disconnects can be
 timed. A real HTTP server (uvicorn, bare ASGI), on 127.0.0.1 only:
 
-    python -m evals.fake_upstream --port 9000 --delay 0.2 --first-token 0.2 --chunks 8
+    python -m composer.evals.fake_upstream --port 9000 --delay 0.2 --first-token 0.2 --chunks 8
 
 - POST /v1/chat/completions: non-streamed: the answer after `delay` s; `stream: true`: SSE, the
   first content chunk after `first_token` s, then `chunks - 1` more spread over the rest of

@@ -40,7 +40,7 @@ def row(**kw) -> dict[str, Any]:
 
 
 def from_live(path: Path, records: list[dict]) -> list[dict]:
-    from evals.live import summarise  # noqa: PLC0415
+    from composer.evals.live import summarise  # noqa: PLC0415
 
     s = summarise(records)
     toks = (s["mean_prompt_tokens"] or 0) + (s["mean_completion_tokens"] or 0) if s["n"] else None
@@ -81,7 +81,7 @@ def load_rows(path: str | Path) -> list[dict]:
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     if p.suffix == ".jsonl":
-        from evals.live import ResultStore  # noqa: PLC0415
+        from composer.evals.live import ResultStore  # noqa: PLC0415
 
         records = ResultStore(p).records()
         if not records:

@@ -25,7 +25,7 @@ from typing import Any
 
 from composer.errors import BadRequestError
 from composer.types import Query
-from evals.benchmarks import get_benchmark, grade, load_benchmark
+from composer.evals.benchmarks import get_benchmark, grade, load_benchmark
 
 SCHEMA = "composer.live/1"
 RUN_KEYS = ("benchmark", "split", "run", "seed", "max_tokens")
@@ -248,7 +248,7 @@ def _run(c, bench, store: ResultStore, meta: dict, todo: list, done: int, progre
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m evals.live --benchmark gsm8k --pipeline self-moa --limit 5` (the CLI's
+    """`python -m composer.evals.live --benchmark gsm8k --pipeline self-moa --limit 5` (the CLI's
     `composer eval` calls run_live_eval the same way)."""
     import argparse  # noqa: PLC0415
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from composer.errors import RoutingError
 from composer.outcomes import OutcomeTable
-from evals.router_metrics import aiq, pair_metrics, routellm_selections
-from routers.base import make_router
+from composer.evals.router_metrics import aiq, pair_metrics, routellm_selections
+from composer.routers.base import make_router
 
 
 def _nanmean(x) -> float | None:
@@ -82,7 +82,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
              weak: str | None = None, progress=print) -> dict[str, Any]:
     """Fit each router on `train`, replay it on `test`; write results.json, decisions.jsonl and
     curves.png under `out_dir` when given. Returns the results dict."""
-    from routers.embed import Embedder
+    from composer.routers.embed import Embedder
 
     experts = train.experts
     missing = sorted(set(experts) ^ set(test.experts))
@@ -237,7 +237,7 @@ def write_outputs(res: dict, decisions: dict, out: Path) -> None:
         for name, rows in decisions.items():
             for row in rows:
                 f.write(json.dumps({"router": name, **row}, ensure_ascii=False) + "\n")
-    from evals.router_plot import plot_accuracy, plot_curves
+    from composer.evals.router_plot import plot_accuracy, plot_curves
 
     plot_curves(res, out / "curves.png")
     plot_accuracy(res, out / "accuracy.png")

@@ -49,7 +49,7 @@ def read_split(folder: Path):
 def routerdc_table(folder: Path, routers: list[str], *, params: dict[str, dict] | None = None, embedder=None,
                    progress=print) -> dict[str, Any]:
     """Fit each router on the train files, replay on the test files; rows in percent."""
-    from evals.router_eval import evaluate
+    from composer.evals.router_eval import evaluate
 
     train, test = read_split(folder)
     res = evaluate(train, test, routers, params=params, sweep=False, embedder=embedder, progress=progress)

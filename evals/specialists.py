@@ -1,6 +1,6 @@
 """Specialists eval: Mowst on Cora/CiteSeer; FEAMOE fairness, drift and Shapley on Adult/COMPAS.
 
-    python -m evals.specialists [--seeds 10] [--gnns gcn,sage,gat,gin] [--parts mowst,fairness,drift,shapley]
+    python -m composer.evals.specialists [--seeds 10] [--gnns gcn,sage,gat,gin] [--parts mowst,fairness,drift,shapley]
                                 [--quick] [--out runs/specialists.json]
 
 Prints one table per part and writes everything measured to a JSON file. Single-threaded torch

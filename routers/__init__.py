@@ -7,6 +7,6 @@
 Modules import lazily (see ROUTERS) so `import routers` loads no model and no torch.
 """
 
-from routers.base import ROUTERS, Router, load_router, make_router, router_class
+from composer.routers.base import ROUTERS, Router, load_router, make_router, router_class
 
 __all__ = ["ROUTERS", "Router", "load_router", "make_router", "router_class"]

@@ -32,23 +32,23 @@ import numpy as np
 
 from composer.errors import NotFittedError, RoutingError
 from composer.types import Query, RouteDecision, new_query_id
-from routers.embed import DEFAULT_EMBEDDING, Embedder
+from composer.routers.embed import DEFAULT_EMBEDDING, Embedder
 
 # name -> "module:Class"; modules import lazily so `import routers` stays light.
 ROUTERS: dict[str, str] = {
-    "random": "routers.baselines:RandomRouter",
-    "best_single": "routers.baselines:BestSingleRouter",
-    "oracle": "routers.baselines:OracleRouter",
-    "knn": "routers.learned:KNNRouter",
-    "mlp": "routers.learned:MLPRouter",
-    "linear": "routers.learned:LinearRouter",
-    "logistic": "routers.learned:LogisticRouter",
-    "mf": "routers.learned:MFRouter",
-    "symbolic": "routers.symbolic:SymbolicMoERouter",
-    "coe": "routers.coe:CoERouter",
-    "dynamic": "routers.dynamic:DynamicTopPRouter",
-    "cascade": "routers.cascade:CascadeRouter",
-    "stack": "routers.stack:StackRouter",
+    "random": "composer.routers.baselines:RandomRouter",
+    "best_single": "composer.routers.baselines:BestSingleRouter",
+    "oracle": "composer.routers.baselines:OracleRouter",
+    "knn": "composer.routers.learned:KNNRouter",
+    "mlp": "composer.routers.learned:MLPRouter",
+    "linear": "composer.routers.learned:LinearRouter",
+    "logistic": "composer.routers.learned:LogisticRouter",
+    "mf": "composer.routers.learned:MFRouter",
+    "symbolic": "composer.routers.symbolic:SymbolicMoERouter",
+    "coe": "composer.routers.coe:CoERouter",
+    "dynamic": "composer.routers.dynamic:DynamicTopPRouter",
+    "cascade": "composer.routers.cascade:CascadeRouter",
+    "stack": "composer.routers.stack:StackRouter",
 }
 STATE_FORMAT = 1
 _SMALL_BATCH = 64  # batches up to this size predict with one BLAS thread

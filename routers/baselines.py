@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 from composer.errors import RoutingError
-from routers.base import Router
+from composer.routers.base import Router
 
 
 class RandomRouter(Router):

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from routers.base import Router, make_router
-from routers.embed import DEFAULT_EMBEDDING
+from composer.routers.base import Router, make_router
+from composer.routers.embed import DEFAULT_EMBEDDING
 
 
 class CascadeRouter(Router):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from composer.errors import RoutingError
-from routers.base import Router
-from routers.embed import DEFAULT_EMBEDDING
+from composer.routers.base import Router
+from composer.routers.embed import DEFAULT_EMBEDDING
 
 
 class CoERouter(Router):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from routers.base import Router, lam_grid, make_router
-from routers.embed import DEFAULT_EMBEDDING
+from composer.routers.base import Router, lam_grid, make_router
+from composer.routers.embed import DEFAULT_EMBEDDING
 
 
 class DynamicTopPRouter(Router):

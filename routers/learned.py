@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from composer.errors import RoutingError
-from routers.base import Router
-from routers.embed import DEFAULT_EMBEDDING
-from routers.training import scores_are_probabilities, sigmoid, train_masked
+from composer.routers.base import Router
+from composer.routers.embed import DEFAULT_EMBEDDING
+from composer.routers.training import scores_are_probabilities, sigmoid, train_masked
 
 _CHUNK = 2048
 

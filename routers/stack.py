@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from composer.errors import RoutingError
-from routers.base import Router, make_router
-from routers.embed import DEFAULT_EMBEDDING
-from routers.training import sigmoid
+from composer.routers.base import Router, make_router
+from composer.routers.embed import DEFAULT_EMBEDDING
+from composer.routers.training import sigmoid
 
 BASES = ("knn", "mlp", "prior")
 

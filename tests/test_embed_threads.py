@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from routers.embed import _TUNE_CHUNK, Embedder, _ThreadTuner
+from composer.routers.embed import _TUNE_CHUNK, Embedder, _ThreadTuner
 
 
 def feed(t: _ThreadTuner, n_texts: int, cost: dict[int, float], calls: int) -> list[int]:

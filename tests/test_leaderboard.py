@@ -13,8 +13,8 @@ import pytest
 from routers_helpers import embedder, multitask  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
-from evals.leaderboard import SCHEMA, load_rows, write_leaderboard
-from evals.live import ResultStore
+from composer.evals.leaderboard import SCHEMA, load_rows, write_leaderboard
+from composer.evals.live import ResultStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +30,7 @@ def live_store(path: Path, run: str, bench: str, correct: list[bool], latency: f
 
 @pytest.fixture(scope="module")
 def router_results(tmp_path_factory, embedder):  # noqa: F811 - the shared fixture
-    from evals.router_eval import evaluate
+    from composer.evals.router_eval import evaluate
 
     out = tmp_path_factory.mktemp("router-eval")
     train = multitask("train", {"mmlu": 40, "gsm8k": 30})

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from composer.errors import BadRequestError
-from evals.live import ResultStore, rescore, run_live_eval, select_items, summarise, unique_records
+from composer.evals.live import ResultStore, rescore, run_live_eval, select_items, summarise, unique_records
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
@@ -101,7 +101,7 @@ def test_pipeline_through_the_eval(tmp_path, cfg):
 def test_killed_run_resumes_with_nothing_lost_or_doubled(tmp_path, cfg, repo_root):
     out = tmp_path / "kill.jsonl"
     limit = 8
-    cmd = [sys.executable, "-m", "evals.live", "--benchmark", "mmlu", "--pipeline", "smollm2", "--config", cfg,
+    cmd = [sys.executable, "-m", "composer.evals.live", "--benchmark", "mmlu", "--pipeline", "smollm2", "--config", cfg,
            "--limit", str(limit), "--max-tokens", "6", "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=repo_root, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -129,7 +129,7 @@ def routerdc_small(tmp_path_factory):
     """RouterDC's folder layout with the first records of each real file (same names)."""
     from routers_helpers import RDC
 
-    from evals.router_table import ID_FILES, OOD_FILES, TRAIN_FILES
+    from composer.evals.router_table import ID_FILES, OOD_FILES, TRAIN_FILES
 
     d = tmp_path_factory.mktemp("routerdc_small")
     for name in [*TRAIN_FILES, *ID_FILES.values(), *OOD_FILES.values()]:

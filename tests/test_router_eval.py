@@ -11,8 +11,8 @@ from routers_helpers import embedder, multitask, routellm_gsm8k  # noqa: F401 - 
 
 from composer.config import Price
 from composer.outcomes import OutcomeTable
-from evals.router_eval import evaluate
-from evals.router_metrics import aiq, nondecreasing_convex_hull, pair_metrics, routellm_thresholds
+from composer.evals.router_eval import evaluate
+from composer.evals.router_metrics import aiq, nondecreasing_convex_hull, pair_metrics, routellm_thresholds
 
 PRICES = {"gpt-4-1106-preview": Price(input_per_1m=10, output_per_1m=30),
           "mistralai/Mixtral-8x7B-Instruct-v0.1": Price(input_per_1m=0.6, output_per_1m=0.6)}
@@ -134,7 +134,7 @@ def test_multitask_routing_beats_random_and_reports_gap(embedder):
 def test_every_router_curve_has_two_cost_points_on_a_cost_table(pair_tables, embedder):
     """On a cost-bearing table each router's sweep spans more than one cost (dynamic's top-p sweep
     alone used to start at the priciest expert: a degenerate curve with AIQ near 0)."""
-    from routers import ROUTERS
+    from composer.routers import ROUTERS
 
     train, test = pair_tables
     names = [n for n in ROUTERS if n != "oracle"]

@@ -10,7 +10,7 @@ from routers_helpers import embedder, multitask, routellm_gsm8k  # noqa: F401 - 
 from composer.config import Price
 from composer.errors import NotFittedError, RoutingError
 from composer.types import Query, RouteDecision
-from routers import ROUTERS, Router, load_router, make_router
+from composer.routers import ROUTERS, Router, load_router, make_router
 
 FAST = {"mlp": {"epochs": 20, "patience": 5}, "mf": {"epochs": 20, "patience": 5}}
 PRICES = {"gpt-4-1106-preview": Price(input_per_1m=10, output_per_1m=30),

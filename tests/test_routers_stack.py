@@ -8,8 +8,8 @@ import pytest
 from routers_helpers import embedder, multitask  # noqa: F401 - fixture
 
 from composer.errors import RoutingError
-from routers import Router, make_router
-from routers.stack import TaskPrior
+from composer.routers import Router, make_router
+from composer.routers.stack import TaskPrior
 
 @pytest.fixture(scope="module")
 def tables():
@@ -38,7 +38,7 @@ def test_task_prior_picks_each_task_s_best_expert(tables, embedder):
 
 
 def test_stack_learns_meta_weights_and_beats_random(fitted, tables, embedder):
-    from evals.router_eval import evaluate
+    from composer.evals.router_eval import evaluate
 
     train, test = tables
     assert fitted.meta_coef_.shape == (len(fitted.experts_), 3)

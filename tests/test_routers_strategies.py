@@ -7,7 +7,7 @@ import pytest
 from routers_helpers import embedder, multitask  # noqa: F401 - fixture
 
 from composer.errors import RoutingError
-from routers import make_router
+from composer.routers import make_router
 
 MATH = {"meta-math/MetaMath-Mistral-7B", "cognitivecomputations/dolphin-2.6-mistral-7b"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from routers_helpers import embedder, multitask  # noqa: F401 - fixture
 
-from routers import Router, make_router
+from composer.routers import Router, make_router
 
 
 def test_llm_skills_are_mapped_onto_the_vocabulary(embedder, tmp_path):

@@ -127,7 +127,7 @@ def upstream():
     """A timing-controlled OpenAI-compatible upstream: first token at 0.4 s, done at 2.0 s."""
     port = free_port()
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "evals.fake_upstream", "--port", str(port), "--delay", "2.0",
+    proc = subprocess.Popen([sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(port), "--delay", "2.0",
                              "--first-token", "0.4", "--chunks", "10", "--lifetime", "600"], cwd=repo)
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):

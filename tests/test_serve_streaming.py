@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def upstream():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "evals.fake_upstream", "--port", str(port), "--delay", "2.0",
+    proc = subprocess.Popen([sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(port), "--delay", "2.0",
                              "--first-token", "0.4", "--chunks", "10", "--lifetime", "900"], cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):

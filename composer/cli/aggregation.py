@@ -27,7 +27,7 @@ def leaderboard(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ):
     """A Markdown table, a static HTML page and accuracy-vs-cost/latency plots over results."""
-    from evals.leaderboard import write_leaderboard
+    from composer.evals.leaderboard import write_leaderboard
 
     try:
         res = write_leaderboard(results, out)
@@ -36,7 +36,7 @@ def leaderboard(
     if as_json:
         typer.echo(json.dumps(res["rows"], indent=2))
         return
-    from evals.leaderboard import markdown
+    from composer.evals.leaderboard import markdown
 
     typer.echo(markdown(res["rows"]))
     typer.echo("wrote " + ", ".join(res["files"]))
@@ -52,7 +52,7 @@ def bench_aggregation(
 ):
     """Stage parallelism on fake experts with set delays: calls per query and wall time vs
     slowest proposer + aggregator (remote experts concurrent; local for contrast)."""
-    from evals.bench_aggregation import run_bench
+    from composer.evals.bench_aggregation import run_bench
 
     try:
         ds = [float(x) for x in delays.split(",")] if delays else None

@@ -27,7 +27,7 @@ def bench_gateway(
     out: Path = typer.Option(Path("results/bench_gateway.json"), "--out", help="JSON output file."),
 ):
     """Throughput, latency overhead and time to first token: composer vs the LiteLLM proxy."""
-    from evals.bench_gateway import format_report, run_benchmark
+    from composer.evals.bench_gateway import format_report, run_benchmark
 
     try:
         lv = [int(x) for x in levels.split(",") if x.strip()]
@@ -53,7 +53,7 @@ def bench_stream(
     out: Path = typer.Option(Path("results/bench_stream.json"), "--out", help="JSON output file."),
 ):
     """Time to first token (SmolLM2 and a fake upstream) and disconnect, composer vs on its own."""
-    from evals.bench_stream import format_report, run_benchmark
+    from composer.evals.bench_stream import format_report, run_benchmark
 
     res = run_benchmark(runs=runs, first_token=first_token, log=lambda m: typer.echo(m, err=True))
     typer.echo(format_report(res))

@@ -39,7 +39,7 @@ def bench_scheduler(
     out: Path = typer.Option(Path("results/bench_scheduler.json"), "--out", help="JSON output file."),
 ):
     """Run the scheduler benchmark, print its tables and write JSON."""
-    from evals.bench_scheduler import format_tables, run_benchmark
+    from composer.evals.bench_scheduler import format_tables, run_benchmark
 
     kw = dict(n=n, k=k, d=d, gen_s=gen_s, ratios=_floats(ratios), real=real, real_n=real_n,
               real_server=server, server_n=server_n, overhead_n=overhead_n, max_wait_s=max_wait, seed=seed)

@@ -24,7 +24,7 @@ def bench_service(
     out: Path = typer.Option(Path("results/bench_service.json"), "--out", help="JSON output file."),
 ):
     """Measure endpoint overhead and survive a fault soak against a real `composer serve`."""
-    from evals.bench_service import format_report, run_benchmark
+    from composer.evals.bench_service import format_report, run_benchmark
 
     res = run_benchmark(overhead=overhead, soak=soak, n=n, clients=clients, soak_n=soak_n, kill_at=kill_at,
                         log=lambda m: typer.echo(m, err=True))

@@ -111,7 +111,7 @@ def collect_cmd(
                 c.expert_spec(e)
             if benches:
                 items = benchmark_prompts(benches, limit=limit, seed=seed, split=split)
-                from evals.benchmarks import get_benchmark  # noqa: PLC0415
+                from composer.evals.benchmarks import get_benchmark  # noqa: PLC0415
 
                 bench_mt = max(get_benchmark(b).max_tokens for b in benches)
                 source = {"benchmarks": [get_benchmark(b).name for b in benches]}

@@ -111,7 +111,7 @@ def train(
     on_duplicate: str = DUPLICATE_OPT,
 ):
     """Fit a router on outcome tables and save it (it learns each task's accuracy by its score kind)."""
-    from routers import make_router
+    from composer.routers import make_router
 
     paths = expand_paths(outcomes)
     if not paths:
@@ -144,7 +144,7 @@ def train(
 @router_app.command("list")
 def list_routers():
     """The router names `--router` accepts."""
-    from routers import ROUTERS, router_class
+    from composer.routers import ROUTERS, router_class
 
     for name in ROUTERS:
         doc = (router_class(name).__doc__ or "").strip().splitlines()
@@ -161,7 +161,7 @@ def route(
     as_json: bool = typer.Option(False, "--json", help="Print the RouteDecision as JSON."),
 ):
     """Print the experts a saved router picks for QUESTION, with its reason."""
-    from routers import load_router
+    from composer.routers import load_router
 
     try:
         d = load_router(None, router).route([question], k=k, lam=lam, budget=budget)[0]
@@ -189,8 +189,8 @@ def bench_router(
     out: Path = typer.Option(Path("runs/bench_router.json"), "--out", help="JSON file for the numbers."),
 ):
     """Routing overhead: p50 single-query latency and batched queries/s on fresh prompts."""
-    from evals.bench_router import run_bench
-    from routers import Router, make_router
+    from composer.evals.bench_router import run_bench
+    from composer.routers import Router, make_router
 
     paths = expand_paths(outcomes)
     if not paths:
@@ -238,7 +238,7 @@ def eval_cmd(
 ):
     """Evaluate routers offline on recorded outcomes, or (--benchmark) a pipeline live on real models."""
     if benchmark is not None:
-        from evals.live import run_live_eval
+        from composer.evals.live import run_live_eval
 
         kwargs = dict(benchmark=benchmark, pipeline=pipeline, config=config, limit=limit, seed=seed,
                       out=out, resume=resume)
@@ -258,8 +258,8 @@ def eval_cmd(
 
 def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
                   strong, weak, as_json, seed, tasks, score_kind=None, on_duplicate="error") -> None:
-    from evals.router_eval import evaluate
-    from routers import ROUTERS
+    from composer.evals.router_eval import evaluate
+    from composer.routers import ROUTERS
 
     train_paths, test_paths = expand_paths(outcomes), expand_paths(test)
     if not train_paths:
@@ -328,8 +328,8 @@ def table_cmd(
 ):
     """RouterDC's split and metric: train on its 5 train files, test on 5 ID + 3 OOD files; prints the
     markdown table of docs/routers.md (best single, best per task, RouterDC published, routers)."""
-    from evals.router_table import markdown, routerdc_table, write
-    from routers import ROUTERS
+    from composer.evals.router_table import markdown, routerdc_table, write
+    from composer.routers import ROUTERS
 
     names = [n for v in (router or ["knn,mlp,stack"]) for n in v.split(",") if n]
     unknown = [n for n in names if n not in ROUTERS]

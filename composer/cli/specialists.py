@@ -87,7 +87,7 @@ def eval_(
     out: Path = typer.Option(Path("runs/specialists.json"), "--out", "-o", help="JSON result file."),
 ):
     """Run the specialists eval (prints tables, writes JSON)."""
-    from evals.specialists import main as run_eval
+    from composer.evals.specialists import main as run_eval
 
     argv = ["--seeds", str(seeds), "--gnns", gnns, "--parts", parts, "--out", str(out)]
     run_eval(argv + (["--quick"] if quick else []))

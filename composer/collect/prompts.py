@@ -38,7 +38,7 @@ class PromptItem:
 
 def benchmark_prompts(names: list[str], *, limit: int | None, seed: int, split: str = "test") -> list[PromptItem]:
     """`limit` questions of each benchmark (seeded shuffle), benchmark by benchmark."""
-    from evals.benchmarks import get_benchmark, load_benchmark  # noqa: PLC0415 - data loads lazily
+    from composer.evals.benchmarks import get_benchmark, load_benchmark  # noqa: PLC0415 - data loads lazily
 
     out: list[PromptItem] = []
     for name in names:
@@ -128,7 +128,7 @@ def grade_reference(reference: str, text: str) -> dict:
 def grade(p: PromptItem, text: str) -> dict:
     """Grade by gold answer (benchmarks, as live evals do) or by reference (JSONL)."""
     if p.benchmark is not None:
-        from evals.benchmarks import grade as grade_gold  # noqa: PLC0415
+        from composer.evals.benchmarks import grade as grade_gold  # noqa: PLC0415
 
         return grade_gold(p.item, text)
     if p.reference is None:

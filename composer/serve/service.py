@@ -277,7 +277,7 @@ class Service:
 
     def _embed(self, texts: list[str]):
         """The routers' sentence embedder (routers/embed.py): vectors and the tokens read."""
-        from routers.embed import DEFAULT_EMBEDDING, Embedder
+        from composer.routers.embed import DEFAULT_EMBEDDING, Embedder
 
         if self._embedder is None:
             self._embedder = Embedder(DEFAULT_EMBEDDING, cache=False).load()
