@@ -143,5 +143,9 @@ def test_every_router_curve_has_two_cost_points_on_a_cost_table(pair_tables, emb
     for name in names:
         costs = {round(p["cost"], 12) for p in res["routers"][name]["curve"]}
         assert len(costs) >= 2, (name, costs)
+    # dynamic's curve reaches the cheap end: always the cheapest expert (its old top-p-only sweep
+    # started at the base router's own picks, mostly the priciest expert on RouteLLM's tables)
+    cheapest = min(res["singles"].values(), key=lambda s: s["cost"])["cost"]
+    assert min(p["cost"] for p in res["routers"]["dynamic"]["curve"]) <= cheapest * (1 + 1e-9)
     zero = res["aiq"]["all"]["zero_router"]
     assert res["aiq"]["all"]["dynamic"] > 0.9 * zero
