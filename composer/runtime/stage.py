@@ -73,6 +73,10 @@ class _Recorder(list):
         if self.sink is not None:
             self.sink.emit(ev["event"], **{**self.context, **{k: v for k, v in ev.items() if k != "event"}})
 
+    def keep(self, ev: dict) -> None:
+        """Record an event that was already emitted where it happened (the batcher's loads)."""
+        super().append(ev)
+
 
 class Stage:
     """One run of the loop (see the module docstring). `cancel(query_ids)` may come from any thread."""
@@ -198,7 +202,7 @@ class Stage:
         with self._lock:
             self._inflight.pop(it.index, None)
         for ev in events:
-            self.events.append(ev)
+            self.events.keep(ev)  # already emitted by the batcher when it happened
         self._settle(it, cand)
 
     # -- dispatch ---------------------------------------------------------------------------
