@@ -97,6 +97,8 @@ class Stage:
         self._inflight: dict[int, tuple[str, Future | None]] = {}  # index -> (expert, remote future)
         self._streamed: set[int] = set()
         self._local_running: tuple[str, list[str]] | None = None
+        self._batches_seen: set[int] = set()
+        self._batch_lists: list[list] = []
         self._lock = threading.Lock()
         self.items = []
 
@@ -201,8 +203,11 @@ class Stage:
         it, cand, events = got
         with self._lock:
             self._inflight.pop(it.index, None)
-        for ev in events:
-            self.events.keep(ev)  # already emitted by the batcher when it happened
+        if events and id(events) not in self._batches_seen:  # one batch's events, once per stage
+            self._batches_seen.add(id(events))
+            self._batch_lists.append(events)  # keep it alive: ids stay unique while we compare
+            for ev in events:
+                self.events.keep(ev)  # already emitted by the batcher when it happened
         self._settle(it, cand)
 
     # -- dispatch ---------------------------------------------------------------------------
