@@ -33,7 +33,9 @@ def test_readme_quick_start_is_exactly_two_commands_and_ci_runs_the_second():
 
 def test_make_targets_install_on_first_use():
     for target, job in (("run", "composer ask"), ("test", "pytest")):
-        out = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        out = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=REPO, capture_output=True,
+                             text=True, check=True, env=env).stdout  # (the suite itself may run under make)
         lines = out.strip().splitlines()
         assert lines[0].startswith("./install.sh --if-needed") and job in lines[1], out
 
