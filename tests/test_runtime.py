@@ -8,21 +8,17 @@ behind a real litellm expert, and the real SmolLM2 through llama.cpp.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from composer.backends.server import free_port
 from composer.config import parse_config
 from composer.core import Composer
 from composer.errors import ConfigError
 from composer.types import Delta, Query
+from tests.upstream_proc import fake_upstream
 
 MB = 2**20
 
@@ -125,20 +121,8 @@ def test_unknown_aggregator_parameter_fails_validation_with_its_line(tmp_path):
 @pytest.fixture(scope="module")
 def upstream():
     """A timing-controlled OpenAI-compatible upstream: first token at 0.4 s, done at 2.0 s."""
-    port = free_port()
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(port), "--delay", "2.0",
-                             "--first-token", "0.4", "--chunks", "10", "--lifetime", "600"], cwd=repo)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(base + "/v1/models", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with fake_upstream(delay=2.0, first_token=0.4, chunks=10) as base:
+        yield base
 
 
 def remote_config(base: str) -> str:

@@ -9,38 +9,24 @@ chunk must close the upstream request, while another request to the same expert 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from composer.backends.server import free_port
 from tests.serve_proc import ServerProc
+from tests.upstream_proc import fake_upstream
 
 KEY = "sk-stream-test"
 H = {"Authorization": f"Bearer {KEY}"}
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def upstream():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(port), "--delay", "2.0",
-                             "--first-token", "0.4", "--chunks", "10", "--lifetime", "900"], cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(base + "/v1/models", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    """A timing-controlled OpenAI-compatible upstream: first token at 0.4 s, done at 2.0 s."""
+    with fake_upstream(delay=2.0, first_token=0.4, chunks=10) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
