@@ -69,7 +69,7 @@ def test_fit_route_save_load_round_trip(name, train, test_prompts, embedder, tmp
 
 def test_oracle_replays_truth_and_refuses_unknown(train):
     r = make_router("oracle").fit(train)
-    truth = train.score_matrix().to_numpy()
+    truth = train.credit_matrix().to_numpy()  # routers learn accuracy credit (the score kinds)
     S = r.predict_scores(train.prompts())
     picked = S.argmax(axis=1)
     assert np.allclose(truth[np.arange(len(S)), picked], np.nanmax(truth, axis=1))
