@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -118,6 +119,9 @@ class _Trace:
     last: float = field(default_factory=time.time)
 
 
+_ENDPOINT_ID = re.compile(r"^(chatcmpl|cmpl)-[0-9a-z]+-\d+$")  # the endpoint's query ids: <request_id>-<n>
+
+
 class TraceSubscriber:
     """An EventSink subscriber that turns each request's events into one OpenTelemetry trace."""
 
@@ -156,7 +160,9 @@ class TraceSubscriber:
                 done.append(self._pop(tr.key))
             elif kind == "answer" and ev.get("query_id"):
                 key = self._key_of.get(ev["query_id"], ev["query_id"])
-                if key == ev["query_id"] and key in self._traces:  # a request's traces end with the request
+                # a request's traces end with the request; so do the endpoint's `<request_id>-<n>`
+                # queries whose routes carried no request_id
+                if key == ev["query_id"] and key in self._traces and not _ENDPOINT_ID.match(key):
                     self._traces[key].events.append(ev)
                     done.append(self._pop(key))
             done += self._idle()

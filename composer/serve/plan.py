@@ -154,7 +154,7 @@ def to_queries(req: ChatRequest, composer, max_n: int, request_id: str) -> Plan:
         seed = req.seed + i if req.seed is not None else (i if req.n > 1 else None)
         qs.append(Query(text, id=f"{request_id}-{i}", messages=msgs, task=req.task, max_tokens=limit,
                         temperature=req.temperature, stop=stop, seed=seed, params=dict(params),
-                        metadata=dict(meta)))
+                        metadata={**meta, "request_id": request_id}))
     return Plan(qs, target, dropped, req.ignored())
 
 
@@ -194,5 +194,5 @@ def completion_queries(req: CompletionRequest, composer, max_n: int, request_id:
             seed = req.seed + j if req.seed is not None else (j if req.n > 1 else None)
             qs.append(Query(prompt, id=f"{request_id}-{p_i * req.n + j}", task=req.task, max_tokens=req.max_tokens,
                             temperature=req.temperature, stop=stop, seed=seed, params=dict(params),
-                            metadata=dict(meta)))
+                            metadata={**meta, "request_id": request_id}))
     return Plan(qs, target, dropped, req.ignored())
