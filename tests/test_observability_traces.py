@@ -260,7 +260,6 @@ def test_aggregation_stages_are_spans_in_order(memory, tmp_path):
 def test_otlp_http_export_to_a_local_collector(tmp_path):
     """OTEL_TRACES_EXPORTER=otlp + OTEL_EXPORTER_OTLP_ENDPOINT: the spans reach an OTLP/HTTP
     collector (a real HTTP server on 127.0.0.1 decoding the protobuf export requests)."""
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="pip install opentelemetry-exporter-otlp-proto-http")
     import http.server
     import threading
 
