@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,51 +23,12 @@ from pathlib import Path
 
 import httpx
 
-from composer.backends.server import die_with_parent, free_port
+from composer.backends.server import free_port
+from composer.evals.procs import REPO, Proc
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-gateway"
 TARGETS = {"rps_at_64_vs_proxy": ">= 1.0", "rps_at_64_vs_upstream": ">= 0.6",
            "overhead_p50_c1_ms": "<= 10", "overhead_p50_c64_ms": "<= 50", "ttft_c8_over_upstream_ms": "<= 30"}
-
-
-def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "RAY_AUTH_MODE": "disabled",
-            "COMPOSER_API_KEYS": KEY, "LITELLM_MASTER_KEY": KEY}
-
-
-class Proc:
-    """A subprocess on 127.0.0.1 that dies with this process; ready when `url` answers."""
-
-    def __init__(self, name: str, cmd: list[str], url: str, headers: dict | None = None, ready_s: float = 240):
-        self.name, self.cmd, self.url, self.headers, self.ready_s = name, cmd, url, headers or {}, ready_s
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
-        self.proc = None
-
-    def __enter__(self) -> "Proc":
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
-                                     preexec_fn=die_with_parent)
-        t_end = time.monotonic() + self.ready_s
-        while time.monotonic() < t_end:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(self.url, headers=self.headers, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise RuntimeError(f"{self.name} did not start:\n{Path(self.log.name).read_text(errors='replace')[-2000:]}")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -152,7 +111,7 @@ def run_benchmark(*, levels=(1, 8, 32, 64), seconds: float = 8.0, delay: float =
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     up_cmd = [sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),
               "--first-token", str(first_token), "--chunks", "8", "--lifetime", "3600"]
-    with Proc("upstream", up_cmd, upstream + "/v1/models"):
+    with Proc("upstream", up_cmd, upstream + "/v1/models", key=KEY):
         log("upstream alone ...")
         res["gateways"]["upstream"] = measure(upstream + "/v1/chat/completions", "fake", list(levels), seconds,
                                               max_requests, stream_clients, log)
@@ -163,7 +122,7 @@ def run_benchmark(*, levels=(1, 8, 32, 64), seconds: float = 8.0, delay: float =
         port = free_port()
         cmd = [str(Path(sys.executable).with_name("composer")), "serve", "--config", str(cfg), "--port", str(port),
                "--max-inflight", "256"]
-        with Proc("composer", cmd, f"http://127.0.0.1:{port}/healthz"):
+        with Proc("composer", cmd, f"http://127.0.0.1:{port}/healthz", key=KEY):
             log("composer serve ...")
             res["gateways"]["composer"] = measure(f"http://127.0.0.1:{port}/v1/chat/completions", "up", list(levels),
                                                   seconds, max_requests, stream_clients, log)
@@ -175,7 +134,7 @@ def run_benchmark(*, levels=(1, 8, 32, 64), seconds: float = 8.0, delay: float =
             pport = free_port()
             pcmd = [str(Path(sys.executable).with_name("litellm")), "--config", str(pcfg), "--port", str(pport),
                     "--host", "127.0.0.1", "--num_workers", "1"]
-            with Proc("litellm-proxy", pcmd, f"http://127.0.0.1:{pport}/health/liveliness"):
+            with Proc("litellm-proxy", pcmd, f"http://127.0.0.1:{pport}/health/liveliness", key=KEY):
                 log("LiteLLM proxy ...")
                 res["gateways"]["litellm_proxy"] = measure(f"http://127.0.0.1:{pport}/v1/chat/completions", "up",
                                                            list(levels), seconds, max_requests, stream_clients, log)

@@ -22,16 +22,15 @@ import random
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from composer.backends.server import die_with_parent, free_port
+from composer.backends.server import free_port
+from composer.evals.procs import Proc
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-service-key"
 TARGET_OVERHEAD_MS = 10.0
 
@@ -60,40 +59,17 @@ experts:
 """
 
 
-class Server:
-    """A `composer serve` subprocess on 127.0.0.1 that dies with this process."""
+class Server(Proc):
+    """A `composer serve` subprocess on 127.0.0.1 that dies with this process (ready when /readyz
+    answers 200)."""
 
     def __init__(self, config: Path, extra: list[str] | None = None):
-        self.config, self.extra = config, extra or []
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)
-        self.proc = None
-
-    def __enter__(self) -> "Server":
-        env = {**os.environ, "COMPOSER_API_KEYS": KEY, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-               "RAY_AUTH_MODE": "disabled"}
         exe = str(Path(sys.executable).with_name("composer"))
-        self.proc = subprocess.Popen([exe, "serve", "--config", str(self.config), "--port", str(self.port),
-                                      "--max-inflight", "64", *self.extra], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=die_with_parent)
-        for _ in range(360):
-            if "ready on" in Path(self.log.name).read_text(errors="replace"):
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError(f"composer serve did not start:\n{Path(self.log.name).read_text()[-2000:]}")
-
-    def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        super().__init__("serve", [exe, "serve", "--config", str(config), "--port", str(self.port),
+                                   "--max-inflight", "64", *(extra or [])], self.base + "/readyz", key=KEY,
+                         ready_s=180)
 
 
 def _pct(xs: list[float], q: float) -> float:

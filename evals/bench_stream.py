@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from composer.evals.bench_gateway import KEY, Proc, REPO
+from composer.evals.bench_gateway import KEY
+from composer.evals.procs import REPO, Proc
 from composer.backends.server import free_port
 
 PROMPT = "Name three colours."
@@ -116,11 +117,11 @@ def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0
     extra.write_text("version: 1\nsettings: {default_expert: up}\nexperts:\n"
                      f"  - {{name: up, backend: litellm, model: openai/fake, api_base: \"{upstream}/v1\", "
                      "api_key_env: COMPOSER_API_KEYS, timeout_s: 60}\n")
-    with Proc("upstream", up_cmd, upstream + "/v1/models"):
+    with Proc("upstream", up_cmd, upstream + "/v1/models", key=KEY):
         port, port2 = free_port(), free_port()
         exe = str(Path(sys.executable).with_name("composer"))
         with Proc("composer-smollm2", [exe, "serve", "--config", str(REPO / "experts.yaml"), "--port", str(port)],
-                  f"http://127.0.0.1:{port}/healthz"):
+                  f"http://127.0.0.1:{port}/healthz", key=KEY):
             log("llama.cpp on its own vs composer over HTTP (alternating runs) ...")
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             http_smol = []
@@ -130,7 +131,7 @@ def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0
             own2, http_smol = own2[1:], http_smol[1:]
             own_llm.close()
         with Proc("composer-remote", [exe, "serve", "--config", str(extra), "--port", str(port2)],
-                  f"http://127.0.0.1:{port2}/healthz"):
+                  f"http://127.0.0.1:{port2}/healthz", key=KEY):
             url2 = f"http://127.0.0.1:{port2}/v1/chat/completions"
             log("fake upstream alone vs through composer ...")
             alone, through = [], []
