@@ -38,6 +38,7 @@ class OneShot:
     """The policy of a bare executor stage: one attempt per item, no retries, no fallbacks."""
 
     clock = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
 
     def start(self, index, w, extra_fallbacks=()):
         from composer.runtime.policy import Item  # noqa: PLC0415
@@ -97,8 +98,7 @@ class Stage:
         self._inflight: dict[int, tuple[str, Future | None]] = {}  # index -> (expert, remote future)
         self._streamed: set[int] = set()
         self._local_running: tuple[str, list[str]] | None = None
-        self._batches_seen: set[int] = set()
-        self._batch_lists: list[list] = []
+        self._batch_lists: list[list] = []  # the batches whose events this stage recorded
         self._lock = threading.Lock()
         self.items = []
 
@@ -181,7 +181,7 @@ class Stage:
         timeout = max(0.0, min(pending) - self.policy.clock()) if pending else None
         if not self._inflight:
             if timeout:
-                self.policy.sleep(timeout) if hasattr(self.policy, "sleep") else time.sleep(timeout)
+                self.policy.sleep(timeout)
             return
         try:
             got = self._done.get(timeout=timeout)
@@ -203,9 +203,8 @@ class Stage:
         it, cand, events = got
         with self._lock:
             self._inflight.pop(it.index, None)
-        if events and id(events) not in self._batches_seen:  # one batch's events, once per stage
-            self._batches_seen.add(id(events))
-            self._batch_lists.append(events)  # keep it alive: ids stay unique while we compare
+        if events and not any(events is seen for seen in self._batch_lists):  # a batch's events, once
+            self._batch_lists.append(events)
             for ev in events:
                 self.events.keep(ev)  # already emitted by the batcher when it happened
         self._settle(it, cand)

@@ -43,7 +43,7 @@ def _tail(q: Query, answer: Answer, streamed: bool):
 def stream_answer(composer, q: Query, *, expert=None, pipeline=None):
     out: queue.SimpleQueue = queue.SimpleQueue()
     fut = worker_pool().submit(composer.run, [q], expert=expert, pipeline=pipeline, on_delta=out.put)
-    fut.add_done_callback(lambda _f: out.put(_DONE))
+    fut.add_done_callback(lambda _f: (out.put(_DONE), composer.forget([q.id])))
     streamed = False
     try:
         while True:
@@ -66,6 +66,7 @@ async def astream_answer(composer, q: Query, *, expert=None, pipeline=None):
         loop.call_soon_threadsafe(aq.put_nowait, d)
 
     cfut = worker_pool().submit(composer.run, [q], expert=expert, pipeline=pipeline, on_delta=put)
+    cfut.add_done_callback(lambda _f: composer.forget([q.id]))  # a cancel mark lives as long as its run
     fut = asyncio.wrap_future(cfut, loop=loop)
     fut.add_done_callback(lambda _f: aq.put_nowait(_DONE))
     streamed = False

@@ -109,12 +109,6 @@ class RemoteBatcher:
         for g in gens:
             g.cancel()
 
-    def stats(self) -> dict:
-        return {}
-
     def host_stats(self) -> dict:
         """The host's loads per local expert and what it holds resident."""
         return self.handle.stats.remote().result(timeout_s=30)
-
-    def close(self) -> None:
-        pass
