@@ -285,22 +285,25 @@ class Composer:
         are aligned with `work` (e.g. every expert on every prompt, for `composer collect`)."""
         return self.runtime.run_stage(list(work), upcoming)
 
-    def stream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
+    def stream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None,
+               decision: RouteDecision | None = None):
         """Answer one question as it is generated: yields Delta objects (text pieces, tool-call
         deltas) as the expert produces them and, last, the finished Answer (usage, route,
-        stages). Closing the generator early cancels the generation."""
+        stages). Closing the generator early cancels the generation. `decision`: a route already
+        made for this query (from `route()`), so it is not routed twice."""
         from composer.runtime.streaming import stream_answer  # noqa: PLC0415
 
         q = question if isinstance(question, Query) else Query(question)
-        return stream_answer(self, q, expert=expert, pipeline=pipeline)
+        return stream_answer(self, q, expert=expert, pipeline=pipeline, decision=decision)
 
-    def astream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None):
+    def astream(self, question: Query | str, *, expert: str | None = None, pipeline: str | None = None,
+                decision: RouteDecision | None = None):
         """`stream` for asyncio: an async generator of the same Delta objects, then the Answer.
         Closing it early (client gone) cancels the generation."""
         from composer.runtime.streaming import astream_answer  # noqa: PLC0415
 
         q = question if isinstance(question, Query) else Query(question)
-        return astream_answer(self, q, expert=expert, pipeline=pipeline)
+        return astream_answer(self, q, expert=expert, pipeline=pipeline, decision=decision)
 
     def cancel(self, query_ids) -> None:
         """Stop these queries wherever they are (queued, generating, waiting for a retry): a

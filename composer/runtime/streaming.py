@@ -40,9 +40,10 @@ def _tail(q: Query, answer: Answer, streamed: bool):
     yield answer
 
 
-def stream_answer(composer, q: Query, *, expert=None, pipeline=None):
+def stream_answer(composer, q: Query, *, expert=None, pipeline=None, decision=None):
     out: queue.SimpleQueue = queue.SimpleQueue()
-    fut = worker_pool().submit(composer.run, [q], expert=expert, pipeline=pipeline, on_delta=out.put)
+    fut = worker_pool().submit(composer.run, [q], expert=expert, pipeline=pipeline, on_delta=out.put,
+                               decisions=[decision] if decision is not None else None)
     fut.add_done_callback(lambda _f: (out.put(_DONE), composer.forget([q.id])))
     streamed = False
     try:
@@ -58,14 +59,15 @@ def stream_answer(composer, q: Query, *, expert=None, pipeline=None):
             composer.cancel([q.id])
 
 
-async def astream_answer(composer, q: Query, *, expert=None, pipeline=None):
+async def astream_answer(composer, q: Query, *, expert=None, pipeline=None, decision=None):
     loop = asyncio.get_running_loop()
     aq: asyncio.Queue = asyncio.Queue()
 
     def put(d: Delta) -> None:
         loop.call_soon_threadsafe(aq.put_nowait, d)
 
-    cfut = worker_pool().submit(composer.run, [q], expert=expert, pipeline=pipeline, on_delta=put)
+    cfut = worker_pool().submit(composer.run, [q], expert=expert, pipeline=pipeline, on_delta=put,
+                                decisions=[decision] if decision is not None else None)
     cfut.add_done_callback(lambda _f: composer.forget([q.id]))  # a cancel mark lives as long as its run
     fut = asyncio.wrap_future(cfut, loop=loop)
     fut.add_done_callback(lambda _f: aq.put_nowait(_DONE))

@@ -152,8 +152,9 @@ class Service:
         label = t.pipeline or t.expert or "default"  # a registry name: bounded metric labels
         if req.stream:
             loop = asyncio.get_running_loop()
+            # routed once: the headers and the streamed runs use the same decisions
             decisions = await loop.run_in_executor(self.pool, partial(
-                self.composer.route, plan.queries[:1], expert=t.expert, pipeline=t.pipeline))
+                self.composer.route, plan.queries, expert=t.expert, pipeline=t.pipeline))
             include = bool(req.stream_options and req.stream_options.include_usage)
             writer = ChunkWriter(rid, req.model, text_completion=text_completion)
 
@@ -165,7 +166,7 @@ class Service:
                     self.log_completion(rid, req.model, plan.queries, answers)
 
             events = sse_events(self.composer, plan, writer, include_usage=include, failure=self.failure,
-                                on_answers=on_answers, prefixes=prefixes)
+                                on_answers=on_answers, prefixes=prefixes, decisions=decisions)
             return StreamingResponse(self._counted(events, route), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                               **self.route_headers(plan, decisions=decisions)})

@@ -22,11 +22,12 @@ _END = object()
 
 async def sse_events(composer, plan, writer: ChunkWriter, *, include_usage: bool, keepalive_s: float = 1.0,
                      failure: Callable | None = None, on_answers: Callable | None = None,
-                     prefixes: list[str] | None = None) -> AsyncIterator[bytes]:
+                     prefixes: list[str] | None = None, decisions: list | None = None) -> AsyncIterator[bytes]:
     qs, t = plan.queries, plan.target
     n = len(qs)
     queue: asyncio.Queue = asyncio.Queue()
-    agens = [composer.astream(q, expert=t.expert, pipeline=t.pipeline) for q in qs]
+    agens = [composer.astream(q, expert=t.expert, pipeline=t.pipeline, decision=decisions[i] if decisions else None)
+             for i, q in enumerate(qs)]
 
     async def pump(i: int, agen) -> None:
         try:
