@@ -25,7 +25,7 @@ import numpy as np
 
 from composer.errors import RoutingError
 from composer.outcomes import OutcomeTable
-from composer.evals.router_metrics import aiq, pair_metrics, routellm_selections
+from composer.evals.router_metrics import aiq, midpoint_gain, pair_metrics, routellm_selections
 from composer.routers.base import make_router
 
 
@@ -144,6 +144,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
         res["pair"] = {"strong": experts[pair[0]], "weak": experts[pair[1]]}
     if sweep and rep.cost_unit == "usd":
         res["aiq"] = _aiq_table(res, rep)
+        res["midpoint"] = _midpoint_table(res, rep)
     res["summary"] = summary_rows(res)
     if out_dir is not None:
         write_outputs(res, decisions, Path(out_dir))
@@ -202,6 +203,30 @@ def _aiq_table(res, rep: Replay) -> dict[str, Any]:
     return out
 
 
+def _router_points(e, scope) -> np.ndarray:
+    pts = [(_cost(p, scope), _acc(p, scope)) for p in e.get("curve", []) + [e["default"]]]
+    return np.array([p for p in pts if p[1] is not None], dtype=float).reshape(-1, 2)
+
+
+def _midpoint_table(res, rep: Replay) -> dict[str, Any]:
+    """Per task and overall: each router's hull minus the zero router's at the cost halfway
+    between the cheapest and the most expensive single expert (`midpoint_gain`)."""
+    out: dict[str, Any] = {}
+    for scope in [*rep.task_names, "all"]:
+        curves = {name: pts for name, e in res["routers"].items() if len(pts := _router_points(e, scope))}
+        singles = np.array([(_cost(p, scope), _acc(p, scope)) for p in res["singles"].values()
+                            if _acc(p, scope) is not None], dtype=float).reshape(-1, 2)
+        if len(singles):
+            m = midpoint_gain(curves, singles)
+            out[scope] = {"cost": m["cost"], "zero_router": m["zero_router"],
+                          "routers": {k: {kk: _finite(vv) for kk, vv in v.items()} for k, v in m["routers"].items()}}
+    return out
+
+
+def _finite(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
 def _cost(p, scope):
     return p["cost"] if scope == "all" else p["task_cost"][scope]
 
@@ -226,6 +251,8 @@ def summary_rows(res) -> list[dict[str, Any]]:
         if "aiq" in res:
             row["aiq_task_mean"] = res["aiq"]["task_mean"].get(name)
             row["aiq_all"] = res["aiq"]["all"].get(name)
+        if "midpoint" in res and "all" in res["midpoint"]:
+            row["gain_at_mid_cost"] = res["midpoint"]["all"]["routers"].get(name, {}).get("gain")
         rows.append(row)
     return rows
 

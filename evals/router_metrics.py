@@ -13,11 +13,15 @@ RouterBench (`evaluation/AIQ.py`):
 - AIQ: the non-decreasing convex hull of a router's (total cost, performance) points, extended
   flat to the largest cost among all routers compared, area under it / that largest cost.
 - the zero router: mixing single models at random; its curve is the hull of the models' points.
+
+composer's own check, `midpoint_gain`: at the cost halfway between the cheapest and the most
+expensive single expert, a router's hull (as AIQ draws it) minus the zero router's hull.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,3 +124,38 @@ def aiq(curves: dict[str, np.ndarray]) -> dict[str, float]:
         ext = np.vstack([h, [max_x, h[-1, 1]]])
         out[name] = float(_trapz(ext[:, 1], ext[:, 0]) / max_x)
     return out
+
+
+# -- cost-quality curve at the middle of the single experts' cost range --------------------------
+
+def hull_value_at(points: np.ndarray, cost: float) -> float:
+    """Quality of the non-decreasing convex hull of (cost, performance) points at `cost`.
+
+    Linear between hull points and flat past the last one (as AIQ extends it); NaN below the
+    cheapest point (the router cannot run that cheaply; AIQ counts that range as 0)."""
+    h = nondecreasing_convex_hull(points)
+    if cost < h[0, 0]:
+        return float("nan")
+    return float(np.interp(cost, h[:, 0], h[:, 1]))
+
+
+def midpoint_gain(curves: dict[str, np.ndarray], singles: np.ndarray) -> dict[str, Any]:
+    """Each router's hull versus the zero router's at the cost halfway between the cheapest and
+    the most expensive single expert.
+
+    curves: router name -> (cost, performance) points of its sweep; singles: one (cost,
+    performance) point per single expert (the zero router mixes them by cost: its curve is their
+    non-decreasing convex hull). Returns {"cost": mid cost, "zero_router": its quality there,
+    "routers": {name: {"quality", "gain"}}} with gain = router minus zero router (NaN when the
+    router's cheapest point costs more than the mid cost)."""
+    s = np.asarray(singles, dtype=float)
+    s = s[np.isfinite(s).all(axis=1)]
+    if len(s) == 0:
+        raise ValueError("no finite single-expert (cost, performance) points")
+    mid = float((s[:, 0].min() + s[:, 0].max()) / 2)
+    zero = hull_value_at(s, mid)
+    out = {}
+    for name, pts in curves.items():
+        q = hull_value_at(pts, mid)
+        out[name] = {"quality": q, "gain": q - zero}
+    return {"cost": mid, "zero_router": zero, "routers": out}

@@ -300,15 +300,20 @@ def print_summary(res) -> None:
     if kinds:
         typer.echo("accuracy by score kind: " + ", ".join(f"{t} {k}" for t, k in kinds.items() if t in res["tasks"]))
     typer.echo(f"best single expert: {b['expert']} task-avg {b['task_average']:.4f}; oracle task-avg {o['task_average']:.4f}")
-    cols = ["router", "task_avg", "pooled", "gap_closed", "cost", "APGR", "CPT50", "AIQ"]
+    cols = ["router", "task_avg", "pooled", "gap_closed", "cost", "APGR", "CPT50", "AIQ", "gain@mid"]
     typer.echo("  ".join(f"{c:>11}" for c in cols))
     for row in res["summary"]:
         vals = [row["router"], _f(row["task_average"]), _f(row["accuracy"]), _f(row["oracle_gap_closed"]),
-                f"{row['cost']:.4g}", _f(row.get("apgr")), _f(row.get("cpt50"), 2), _f(row.get("aiq_all"), 4)]
+                f"{row['cost']:.4g}", _f(row.get("apgr")), _f(row.get("cpt50"), 2), _f(row.get("aiq_all"), 4),
+                _f(row.get("gain_at_mid_cost"), 4)]
         typer.echo("  ".join(f"{v:>11}" for v in vals))
     if "aiq" in res:
         typer.echo(f"zero router (single experts mixed by cost) AIQ: all {_f(res['aiq']['all']['zero_router'])}, "
                    f"task mean {_f(res['aiq']['task_mean']['zero_router'])}")
+    mid = res.get("midpoint", {}).get("all")
+    if mid:
+        typer.echo(f"gain@mid: router's cost-quality hull minus the zero router's ({_f(mid['zero_router'])}) at "
+                   f"cost {mid['cost']:.4g}, halfway between the cheapest and the priciest single expert")
     if "pair" in res:
         typer.echo(f"APGR/CPT: RouteLLM's definitions with strong={res['pair']['strong']}, weak={res['pair']['weak']}")
 
