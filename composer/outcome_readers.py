@@ -12,6 +12,18 @@ Formats (pick one with `format=`, or let `detect_format` choose):
   column per model, ``<model>|model_response``, ``<model>|total_cost``, optional ``sample_id``
   and ``oracle_model_to_route_to``. Models are the ones with a ``|model_response`` column
   (RouterBench's own rule), else the ones with a ``|total_cost`` column.
+- ``mt_bench``: RouteLLM's MT-Bench folder: ``question.jsonl`` (``question_id``, ``category``,
+  ``turns``: the user's two turns) and ``judgements.jsonl`` (one GPT-4 judge record per question,
+  model and turn: ``question_id``, ``model``, ``turn``, ``score`` 1-10, ``user_prompt``). Scored
+  as RouteLLM scores it (``routellm/evals/benchmarks.py``, ``MTBench``): a question routed to a
+  model earns the mean of that model's judge scores over the question's turns; the router sees
+  only the first turn ("Only use first turn for routing"). One query per question, task
+  ``mt_bench``, score kind ``graded``, the score divided by 10 (into [0, 1], what composer's
+  routers and curves expect: 0.9 is an MT-Bench score of 9.0). The response is the model's
+  answers, cut from the judge prompts (for the token estimate of its cost). Give the folder (or
+  its ``judgements.jsonl``); RouteLLM's decontamination (dropping questions whose turns are in its
+  Arena training data, ``contaminated_prompts.jsonl``) is not applied: composer's routers train
+  on MT-Bench's own other questions, not on Arena.
 - ``long``: composer's own long format as CSV or JSONL: ``prompt``, ``expert``, ``score``
   and optional ``query_id``, ``task``, ``cost``, ``response``.
 
@@ -41,7 +53,9 @@ import pandas as pd
 
 from composer.errors import OutcomeFormatError
 
-FORMATS = ("routerdc", "routellm", "routerbench", "long", "feedback")
+FORMATS = ("routerdc", "routellm", "routerbench", "mt_bench", "long", "feedback")
+MT_BENCH_FILES = ("question.jsonl", "judgements.jsonl")
+MT_BENCH_SCALE = 10.0  # the judge's grades run 1-10; composer's graded score is grade / 10
 _TRUE = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 _MISSING = {"", "nan", "none", "null", "na", "n/a"}
 _SPLIT_SUFFIX = re.compile(r"[_-](train|test|val|valid|dev)$", re.IGNORECASE)
@@ -114,7 +128,17 @@ def task_from_name(path: Path, fmt: str) -> str:
 
 # -- detection -----------------------------------------------------------------------------
 
+def is_mt_bench(path: Path) -> bool:
+    """A RouteLLM MT-Bench folder (question.jsonl + judgements.jsonl), or its judgements.jsonl."""
+    folder = path if path.is_dir() else path.parent
+    if not path.is_dir() and path.name != "judgements.jsonl":
+        return False
+    return all((folder / f).is_file() for f in MT_BENCH_FILES)
+
+
 def detect_format(path: Path) -> str:
+    if is_mt_bench(path):
+        return "mt_bench"
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return "long"
@@ -163,8 +187,8 @@ def read_frame(path: str | Path, format: str = "auto") -> pd.DataFrame:
         raise OutcomeFormatError(f"unknown outcome format '{format}'; known: auto, {', '.join(FORMATS)}")
     if fmt == "feedback":  # a feedback store builds its own table: composer.outcomes.read_file reads it
         raise OutcomeFormatError(f"{path}: a feedback store is read by composer.outcomes.read_outcomes, not as a frame")
-    reader = {"routerdc": read_routerdc, "routellm": read_routellm,
-              "routerbench": read_routerbench, "long": read_long}[fmt]
+    reader = {"routerdc": read_routerdc, "routellm": read_routellm, "routerbench": read_routerbench,
+              "mt_bench": read_mt_bench, "long": read_long}[fmt]
     return reader(path)
 
 
@@ -302,6 +326,109 @@ def read_routerbench(path: str | Path) -> pd.DataFrame:
             "_row": np.arange(1, len(df) + 1),
         }))
     return _interleave(parts)
+
+
+def _jsonl_records(path: Path, what: str):
+    """(line number, object) for each non-blank line; a bad line raises naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OutcomeFormatError(f"{path}: file not found ({what})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OutcomeFormatError(f"{path}: line {n}: invalid JSON: {exc.msg}") from None
+        if not isinstance(rec, dict):
+            raise OutcomeFormatError(f"{path}: line {n}: expected a JSON object ({what})")
+        yield n, rec
+
+
+def _field(path: Path, n: int, rec: dict, key: str, kinds, what: str):
+    v = rec.get(key)
+    if isinstance(v, bool) or not isinstance(v, kinds):
+        raise OutcomeFormatError(f"{path}: line {n}, field '{key}': {'missing' if v is None else repr(v)[:60]}; "
+                                 f"expected {what}")
+    return v
+
+
+_ANSWER = re.compile(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]", re.S)
+_CONVERSATION = re.compile(r"<\|The Start of Assistant A's Conversation with User\|>(.*?)"
+                           r"<\|The End of Assistant A's Conversation with User\|>", re.S)
+
+
+def _mt_bench_answer(judge_prompt, turn: int) -> str | None:
+    """The judged model's answer to `turn`, cut from the judge's prompt (None if not found)."""
+    if not isinstance(judge_prompt, str):
+        return None
+    conv = _CONVERSATION.search(judge_prompt)
+    if conv:
+        parts = conv.group(1).split("### Assistant A:\n")[1:]
+        answers = [p.split("\n\n### User:\n")[0].strip() for p in parts]
+        return answers[turn - 1] if len(answers) >= turn else None
+    single = _ANSWER.search(judge_prompt)
+    return single.group(1).strip() if single and turn == 1 else None
+
+
+def read_mt_bench(path: str | Path) -> pd.DataFrame:
+    """RouteLLM's MT-Bench folder (or its judgements.jsonl): see the module docstring."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    qpath, jpath = folder / "question.jsonl", folder / "judgements.jsonl"
+    questions: dict[int, tuple[int, list[str]]] = {}   # id -> (line, turns)
+    for n, rec in _jsonl_records(qpath, "an MT-Bench question: question_id, category, turns"):
+        qid = _field(qpath, n, rec, "question_id", int, "an integer question id")
+        turns = _field(qpath, n, rec, "turns", list, "a list of the user's turns (strings)")
+        if not turns or not all(isinstance(t, str) for t in turns):
+            raise OutcomeFormatError(f"{qpath}: line {n}, field 'turns': expected a non-empty list of strings")
+        if qid in questions:
+            raise OutcomeFormatError(f"{qpath}: line {n}: question_id {qid} repeats line {questions[qid][0]}")
+        questions[qid] = (n, turns)
+    if not questions:
+        raise OutcomeFormatError(f"{qpath}: no questions")
+    grades: dict[tuple[int, str], dict[int, tuple[int, float, str | None]]] = {}  # (q, model) -> turn -> ...
+    models: list[str] = []
+    for n, rec in _jsonl_records(jpath, "a judge record: question_id, model, turn, score"):
+        qid = _field(jpath, n, rec, "question_id", int, "an integer question id")
+        if qid not in questions:
+            raise OutcomeFormatError(f"{jpath}: line {n}, field 'question_id': {qid} is not in {qpath.name}")
+        model = _field(jpath, n, rec, "model", str, "the judged model's name")
+        turn = _field(jpath, n, rec, "turn", int, "the judged turn (1, 2, ...)")
+        if not 1 <= turn <= len(questions[qid][1]):
+            raise OutcomeFormatError(f"{jpath}: line {n}, field 'turn': {turn}; question {qid} has "
+                                     f"{len(questions[qid][1])} turn(s)")
+        score = float(_field(jpath, n, rec, "score", (int, float), "the judge's grade, a number 1-10"))
+        if score == -1:  # FastChat's mark for a judgement it could not parse: missing, not 0
+            score = np.nan
+        elif not 1.0 <= score <= MT_BENCH_SCALE:
+            raise OutcomeFormatError(f"{jpath}: line {n}, field 'score': {score:g} is outside the judge's "
+                                     "1-10 scale (-1 marks a failed judgement)")
+        seen = grades.setdefault((qid, model), {})
+        if turn in seen:
+            raise OutcomeFormatError(f"{jpath}: line {n}: question {qid}, model '{model}', turn {turn} "
+                                     f"was already judged on line {seen[turn][0]}")
+        seen[turn] = (n, score, _mt_bench_answer(rec.get("user_prompt"), turn))
+        if model not in models:
+            models.append(model)
+    if not models:
+        raise OutcomeFormatError(f"{jpath}: no judgements")
+    rows = []
+    for qid, (line, turns) in questions.items():
+        for model in models:
+            judged = grades.get((qid, model), {})
+            scores = [judged[t][1] for t in range(1, len(turns) + 1) if t in judged]
+            # every turn judged: the mean of its grades (RouteLLM's mean over a question's turns);
+            # a turn not judged (or unparsable): the question's score for this model is missing
+            complete = len(scores) == len(turns) and not np.isnan(scores).any()
+            answers = [judged[t][2] for t in sorted(judged) if judged[t][2]]
+            rows.append({"query_id": f"mt_bench:{qid}", "prompt": turns[0], "task": "mt_bench",
+                         "expert": model,
+                         "score": float(np.mean(scores)) / MT_BENCH_SCALE if complete else np.nan,
+                         "cost": np.nan, "response": "\n\n".join(answers) if answers else None,
+                         "score_kind": "graded", "_row": line})
+    return pd.DataFrame(rows)
 
 
 def read_long(path: str | Path) -> pd.DataFrame:

@@ -395,8 +395,9 @@ def read_outcomes(paths: str | Path | Sequence[str | Path], format: str = "auto"
                   on_duplicate: str = "error") -> OutcomeTable:
     """Read one or many outcome files (or folders of them) into one table.
 
-    format: "auto" (by extension and header), "routerdc", "routellm", "routerbench" or "long".
-    A folder reads its *.json and *.csv files (not *.jsonl, which folders of questions also hold).
+    format: "auto" (by extension and header), "routerdc", "routellm", "routerbench", "mt_bench" or "long".
+    A folder reads its *.json and *.csv files (not *.jsonl, which folders of questions also hold),
+    except RouteLLM's MT-Bench folder (question.jsonl + judgements.jsonl), which is one table.
     on_duplicate: what to do when a file gives one (query, expert) two different values
     ("error", "first" or "mean"); rows that complement each other always merge.
     """
@@ -405,7 +406,9 @@ def read_outcomes(paths: str | Path | Sequence[str | Path], format: str = "auto"
         paths = [paths]
     tables: list[OutcomeTable] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if p.is_dir() and (format == "mt_bench" or (format == "auto" and detect_format(p) == "mt_bench")):
+            tables.append(read_file(p, "mt_bench", on_duplicate))  # a folder that is one table
+        elif p.is_dir():
             inside = sorted(x for x in p.iterdir() if x.suffix in (".json", ".csv") and x.is_file())
             if not inside:
                 raise OutcomeFormatError(f"{p}: folder holds no .json or .csv outcome files")

@@ -22,7 +22,7 @@ def _fmt(x, digits: int = 4) -> str:
 def summary(
     paths: List[Path] = typer.Argument(..., help="Outcome files or folders (RouterDC JSON, RouteLLM CSV, "
                                                  "RouterBench CSV, long CSV/JSONL)."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto, routerdc, routellm, routerbench or long."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto, routerdc, routellm, routerbench, mt_bench or long."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="experts.yaml or a {expert: price} YAML; "
                                           "fills costs the table lacks from a token estimate."),
     by_task: bool = typer.Option(False, "--by-task", help="Also print each task's summary."),

@@ -87,7 +87,7 @@ def _check_kinds_named(score_kinds: list[str] | None, *tables) -> None:
 
 OUTCOMES_OPT = typer.Option(None, "--outcomes", help="Training outcome files/folders (repeat, comma-separate or quote a glob).")
 PRICES_OPT = typer.Option(None, "--prices", help="experts.yaml or {expert: price} YAML: fills missing costs from a token estimate.")
-FORMAT_OPT = typer.Option("auto", "--format", help="Outcome format: auto, routerdc, routellm, routerbench, long.")
+FORMAT_OPT = typer.Option("auto", "--format", help="Outcome format: auto, routerdc, routellm, routerbench, mt_bench, long.")
 PARAM_OPT = typer.Option(None, "--param", "-P", help="Router parameter key=value (or router.key=value); repeatable.")
 SCORE_KIND_OPT = typer.Option(None, "--score-kind", help="TASK=KIND: how TASK's scores count as accuracy "
                               "(correct_if_positive, fraction, binary, graded); repeatable or comma-separated.")
