@@ -39,7 +39,7 @@ import pandas as pd
 
 from composer.errors import OutcomeFormatError
 from composer.outcome_merge import check_policy, merge_duplicates, report_line
-from composer.outcome_readers import detect_format, parse_scores, read_frame
+from composer.outcome_readers import detect_format, is_mt_bench, parse_scores, read_frame
 
 if TYPE_CHECKING:
     from composer.config import Price
@@ -406,7 +406,7 @@ def read_outcomes(paths: str | Path | Sequence[str | Path], format: str = "auto"
         paths = [paths]
     tables: list[OutcomeTable] = []
     for p in map(Path, paths):
-        if p.is_dir() and (format == "mt_bench" or (format == "auto" and detect_format(p) == "mt_bench")):
+        if p.is_dir() and (format == "mt_bench" or (format == "auto" and is_mt_bench(p))):
             tables.append(read_file(p, "mt_bench", on_duplicate))  # a folder that is one table
         elif p.is_dir():
             inside = sorted(x for x in p.iterdir() if x.suffix in (".json", ".csv") and x.is_file())
