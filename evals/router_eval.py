@@ -76,14 +76,27 @@ class Replay:
         }
 
 
-def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
+def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str], *,
              params: dict[str, dict] | None = None, sweep: bool = True, n_points: int = 20,
              embedder=None, out_dir: str | Path | None = None, strong: str | None = None,
-             weak: str | None = None, progress=print) -> dict[str, Any]:
+             weak: str | None = None, progress=print, cv: int = 0, seed: int = 0) -> dict[str, Any]:
     """Fit each router on `train`, replay it on `test`; write results.json, decisions.jsonl and
-    curves.png under `out_dir` when given. Returns the results dict."""
+    curves.png under `out_dir` when given. Returns the results dict.
+
+    cv=K (test None): K-fold cross-fitting on `train` alone: each query's predicted scores (and
+    expected costs) come from a router fitted on the other K-1 folds (folds drawn per task with
+    `seed`), and every query is scored; selection and sweeps then run on those predictions with
+    the last fold's router (selection depends only on the scores, costs and its parameters)."""
     from composer.routers.embed import Embedder
 
+    if cv:
+        if test is not None:
+            raise RoutingError("give either a test table or cv folds, not both")
+        if cv < 2 or cv > train.n_queries:
+            raise RoutingError(f"cv needs 2 to {train.n_queries} folds, got {cv}")
+        test = train
+    elif test is None:
+        raise RoutingError("give a test table (or cv folds)")
     experts = train.experts
     missing = sorted(set(experts) ^ set(test.experts))
     if missing:
@@ -97,7 +110,8 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
     rep = Replay(test, experts, exp_costs)
     res: dict[str, Any] = {
         "train": train.source, "test": test.source, "experts": experts, "tasks": rep.task_names,
-        "n_train_queries": train.n_queries, "n_test_queries": test.n_queries, "cost_unit": rep.cost_unit,
+        "n_train_queries": train.n_queries - (-(-train.n_queries // cv) if cv else 0),
+        "n_test_queries": test.n_queries, "cost_unit": rep.cost_unit, "cv": cv or None,
         "task_sizes": {t: int((rep.tasks == t).sum()) for t in rep.task_names},
         "score_kinds": {"train": train.score_kinds, "test": test.score_kinds},
         "routers": {}, "params": params,
@@ -113,18 +127,27 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
     res["best_single_per_task"] = {t: {"expert": e, "accuracy": res["singles"][e]["task_accuracy"][t]}
                                    for t, e in per_task.items()}
     pair = _pair(experts, train_means, strong, weak)
+    folds = kfold_positions(rep.tasks, cv, seed) if cv else [np.arange(n)]
     decisions: dict[str, list] = {}
     for name in routers:
-        t0 = time.perf_counter()
-        r = make_router(name, **params.get(name, {})).use_embedder(embedder)
-        r.fit(test if name == "oracle" else train)
-        t1 = time.perf_counter()
-        S = r.predict_scores_texts(rep.prompts)
-        t2 = time.perf_counter()
-        C = r.expected_costs(n)
+        S, C = np.empty((n, len(experts))), np.empty((n, len(experts)))
+        fit_s = predict_s = 0.0
+        for idx in folds:
+            t0 = time.perf_counter()
+            r = make_router(name, **params.get(name, {})).use_embedder(embedder)
+            if name == "oracle":
+                r.fit(test)
+            else:
+                r.fit(train.filter(query_ids=np.delete(np.asarray(rep.query_ids), idx).tolist()) if cv else train)
+            if list(r.experts_) != experts:  # a fold's table listing its experts in another order
+                raise RoutingError(f"router '{name}' was fitted on experts {r.experts_}, expected {experts}")
+            t1 = time.perf_counter()
+            S[idx] = r.predict_scores_texts([rep.prompts[i] for i in idx])
+            C[idx] = r.expected_costs(len(idx))
+            fit_s, predict_s = fit_s + t1 - t0, predict_s + time.perf_counter() - t1
         default = r.select(S, C)
-        entry: dict[str, Any] = {"params": r.get_params(), "fit_s": round(t1 - t0, 2),
-                                 "predict_s": round(t2 - t1, 2), "default": rep.point(default)}
+        entry: dict[str, Any] = {"params": r.get_params(), "fit_s": round(fit_s, 2),
+                                 "predict_s": round(predict_s, 2), "default": rep.point(default)}
         entry["oracle_gap_closed"] = _gap(entry["default"], res)
         if sweep:
             entry["curve"] = [{"knob": knob, **rep.point(r.select(S, C, **knob))}
@@ -149,6 +172,18 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, routers: list[str], *,
     if out_dir is not None:
         write_outputs(res, decisions, Path(out_dir))
     return res
+
+
+def kfold_positions(tasks: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
+    """K folds of row positions, drawn per task (each task spread evenly over the folds)."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(tasks), dtype=int)
+    start = 0
+    for t in dict.fromkeys(np.asarray(tasks).tolist()):
+        pos = rng.permutation(np.flatnonzero(np.asarray(tasks) == t))
+        fold[pos] = (np.arange(len(pos)) + start) % k  # continue the rotation across tasks
+        start += len(pos)
+    return [np.flatnonzero(fold == f) for f in range(k)]
 
 
 def _pair(experts, train_means, strong, weak) -> tuple[int, int] | None:

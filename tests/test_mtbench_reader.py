@@ -16,6 +16,7 @@ import pytest
 from composer.errors import OutcomeFormatError
 from composer.outcome_readers import detect_format, read_mt_bench
 from composer.outcomes import load_prices, read_outcomes
+from routers_helpers import embedder  # noqa: F401 - fixture
 
 DATA = Path(os.environ.get("COMPOSER_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 MTB = DATA / "outcomes" / "routellm" / "mt_bench"
@@ -150,3 +151,36 @@ def test_a_plain_jsonl_is_still_long(tmp_path):
     p.write_text(json.dumps({"prompt": "q", "expert": "a", "score": 1}) + "\n", encoding="utf-8")
     assert detect_format(p) == "long"
     assert read_outcomes(p).n_queries == 1
+
+
+# -- 80 questions: k-fold cross-fitted evaluation (composer eval --cv K) --------------------------
+
+def test_kfold_positions_partition_every_task_evenly():
+    from composer.evals.router_eval import kfold_positions
+
+    tasks = np.array(["a"] * 10 + ["b"] * 7)
+    folds = kfold_positions(tasks, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(17))
+    assert [len(f) for f in folds] == [6, 6, 5]
+    for f in folds:  # each task spread over the folds (3 or 4 of a, 2 or 3 of b)
+        assert 3 <= (tasks[f] == "a").sum() <= 4 and 2 <= (tasks[f] == "b").sum() <= 3
+    assert [f.tolist() for f in kfold_positions(tasks, 3, seed=0)] == [f.tolist() for f in folds]
+
+
+@needs_data
+def test_cv_scores_every_query_with_out_of_fold_predictions(embedder):
+    from composer.evals.router_eval import evaluate
+
+    t = read_outcomes(MTB).with_price_costs(load_prices(PRICES))
+    res = evaluate(t, None, ["best_single", "knn", "oracle"], cv=4, seed=0, embedder=embedder,
+                   n_points=5, progress=lambda m: None, params={"knn": {"n_neighbors": 1}})
+    assert res["cv"] == 4 and res["n_test_queries"] == 80 and res["n_train_queries"] == 60
+    acc = t.accuracies()
+    assert res["routers"]["best_single"]["default"]["accuracy"] == pytest.approx(acc[GPT4])
+    assert res["routers"]["oracle"]["default"]["accuracy"] == pytest.approx(t.oracle_score())
+    # a 1-nearest-neighbour router that had seen the query would copy its own scores (the oracle);
+    # cross-fitted, it never sees it: clearly below the oracle
+    assert res["routers"]["knn"]["default"]["accuracy"] < t.oracle_score() - 0.005
+    assert "midpoint" in res and "gain" in res["midpoint"]["all"]["routers"]["knn"]
+    with pytest.raises(Exception, match="test table or cv"):
+        evaluate(t, t, ["best_single"], cv=4, embedder=embedder, progress=lambda m: None)

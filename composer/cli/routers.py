@@ -220,6 +220,8 @@ def eval_cmd(
     fmt: str = FORMAT_OPT,
     param: List[str] = PARAM_OPT,
     test_fraction: float = typer.Option(0.3, help="Held-out share when --test is not given."),
+    cv: int = typer.Option(0, "--cv", help="K-fold cross-fitting instead of one split: each query is scored by a "
+                           "router trained on the other K-1 folds, all queries scored (small tables)."),
     points: int = typer.Option(20, help="Points per sweep curve."),
     strong: Optional[str] = typer.Option(None, help="Strong expert for RouteLLM's metrics (default: the better of a pair)."),
     weak: Optional[str] = typer.Option(None, help="Weak expert for RouteLLM's metrics."),
@@ -253,11 +255,11 @@ def eval_cmd(
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed, tasks, score_kind, on_duplicate)
+                  strong, weak, as_json, seed, tasks, score_kind, on_duplicate, cv)
 
 
 def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed, tasks, score_kind=None, on_duplicate="error") -> None:
+                  strong, weak, as_json, seed, tasks, score_kind=None, on_duplicate="error", cv=0) -> None:
     from composer.evals.router_eval import evaluate
     from composer.routers import ROUTERS
 
@@ -267,6 +269,10 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
     names = [n for v in (router or ["all"]) for n in v.split(",") if n]
     if "all" in names:
         names = list(ROUTERS)
+    if cv and test_paths:
+        _fail("--cv cross-fits on --outcomes alone; drop --test (or --cv)", EXIT_USAGE)
+    if cv == 1 or cv < 0:
+        _fail(f"--cv {cv}: give 2 folds or more (0: one split by --test-fraction)", EXIT_USAGE)
     unknown = [n for n in names if n not in ROUTERS]
     if unknown:
         _fail(f"unknown router(s) {unknown}; known: {', '.join(ROUTERS)}", EXIT_USAGE)
@@ -275,14 +281,16 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
         train_t = _read(train_paths, fmt, prices, only, score_kind, on_duplicate)
         if test_paths:
             test_t = _read(test_paths, fmt, prices, only, score_kind, on_duplicate)
+        elif cv:
+            test_t = None
         else:
             train_t, test_t = train_t.split(test_fraction, seed=seed)
-        _check_kinds_named(score_kind, train_t, test_t)
+        _check_kinds_named(score_kind, *[t for t in (train_t, test_t) if t is not None])
         params = parse_params(param, names)
         for p in params.values():
             p.setdefault("seed", seed)
         res = evaluate(train_t, test_t, names, params=params, sweep=sweep, n_points=points, out_dir=out,
-                       strong=strong, weak=weak, progress=lambda m: typer.echo(m, err=as_json))
+                       strong=strong, weak=weak, progress=lambda m: typer.echo(m, err=as_json), cv=cv, seed=seed)
     except ComposerError as exc:
         _fail(str(exc), EXIT_USAGE)
     if as_json:
@@ -295,7 +303,9 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
 
 def print_summary(res) -> None:
     b, o = res["best_single"], res["oracle"]
-    typer.echo(f"\n{res['n_train_queries']} train -> {res['n_test_queries']} test queries; tasks {', '.join(res['tasks'])}")
+    how = (f"{res['cv']}-fold cross-fitted: ~{res['n_train_queries']} train -> all {res['n_test_queries']} queries"
+           if res.get("cv") else f"{res['n_train_queries']} train -> {res['n_test_queries']} test queries")
+    typer.echo(f"\n{how}; tasks {', '.join(res['tasks'])}")
     kinds = {**res.get("score_kinds", {}).get("train", {}), **res.get("score_kinds", {}).get("test", {})}
     if kinds:
         typer.echo("accuracy by score kind: " + ", ".join(f"{t} {k}" for t, k in kinds.items() if t in res["tasks"]))
