@@ -103,6 +103,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
         raise RoutingError(f"train and test tables must have the same experts; differing: {missing}")
     params = params or {}
     embedder = embedder or Embedder()
+    embedders: dict[str, Embedder] = {embedder.model_id: embedder}
     train_means = train.accuracies().reindex(experts).to_numpy(dtype=float)
     train_costs = train.cost_matrix(experts).to_numpy(dtype=float)
     exp_costs = (np.nan_to_num(np.nanmean(train_costs, axis=0), nan=0.0) if np.isfinite(train_costs).any()
@@ -134,7 +135,10 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
         fit_s = predict_s = 0.0
         for idx in folds:
             t0 = time.perf_counter()
-            r = make_router(name, **params.get(name, {})).use_embedder(embedder)
+            r = make_router(name, **params.get(name, {}))
+            # one loaded embedder per embedding spec, shared by the routers that use it
+            own = Embedder(r.embedding_model)
+            r.use_embedder(embedders.setdefault(own.model_id, own))
             if name == "oracle":
                 r.fit(test)
             else:

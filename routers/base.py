@@ -191,8 +191,10 @@ class Router:
         return self._embedder
 
     def use_embedder(self, embedder: Embedder) -> "Router":
-        """Share one loaded embedder between routers (evaluations, servers)."""
-        self._embedder = embedder
+        """Share one loaded embedder between routers (evaluations, servers). One made for another
+        embedding spec is not taken: a router's vectors must come from the spec it is fitted on."""
+        if embedder is not None and embedder.model_id == Embedder(self.embedding_model).model_id:
+            self._embedder = embedder
         return self
 
     def _features(self, texts: Sequence[str]):

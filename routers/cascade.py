@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from composer.routers.base import Router, make_router
-from composer.routers.embed import DEFAULT_EMBEDDING
+from composer.routers.embed import ROUTING_EMBEDDING
 
 
 class CascadeRouter(Router):
@@ -26,7 +26,7 @@ class CascadeRouter(Router):
 
     def __init__(self, *, base: str = "knn", base_params: dict | None = None, threshold: float = 0.5,
                  lam: float = 0.0, k: int = 1, budget: float | None = None,
-                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.base = base
         self.base_params = base_params

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from composer.routers.base import Router, lam_grid, make_router
-from composer.routers.embed import DEFAULT_EMBEDDING
+from composer.routers.embed import ROUTING_EMBEDDING
 
 
 class DynamicTopPRouter(Router):
@@ -23,7 +23,7 @@ class DynamicTopPRouter(Router):
     def __init__(self, *, base: str = "knn", base_params: dict | None = None, top_p: float = 0.8,
                  temperature: float = 0.05, max_experts: int = 3, aggregator: str = "vote",
                  lam: float = 0.0, k: int = 1, budget: float | None = None,
-                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.base = base
         self.base_params = base_params

@@ -12,7 +12,7 @@ import numpy as np
 
 from composer.errors import RoutingError
 from composer.routers.base import Router
-from composer.routers.embed import DEFAULT_EMBEDDING
+from composer.routers.embed import ROUTING_EMBEDDING
 from composer.routers.training import scores_are_probabilities, sigmoid, train_masked
 
 _CHUNK = 2048
@@ -41,7 +41,7 @@ class KNNRouter(Router):
 
     def __init__(self, *, n_neighbors: int | str = "auto", k_grid: tuple[int, ...] = (10, 20, 50, 100, 200),
                  weighted: bool = False, lam: float = 0.0, k: int = 1, budget: float | None = None,
-                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.n_neighbors = n_neighbors
         self.k_grid = k_grid
@@ -87,7 +87,7 @@ class LinearRouter(Router):
     name = "linear"
 
     def __init__(self, *, alpha: float = 1.0, lam: float = 0.0, k: int = 1, budget: float | None = None,
-                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.alpha = alpha
 
@@ -118,7 +118,7 @@ class LogisticRouter(LinearRouter):
     name = "logistic"
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 500, lam: float = 0.0, k: int = 1,
-                 budget: float | None = None, embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 budget: float | None = None, embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         Router.__init__(self, lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.C = C
         self.max_iter = max_iter
@@ -159,7 +159,7 @@ class MLPRouter(Router):
     def __init__(self, *, hidden: int = 256, dropout: float = 0.2, epochs: int = 300, lr: float = 1e-3,
                  weight_decay: float = 1e-3, batch_size: int = 256, patience: int = 15,
                  val_fraction: float = 0.1, lam: float = 0.0, k: int = 1, budget: float | None = None,
-                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.hidden, self.dropout, self.epochs, self.lr = hidden, dropout, epochs, lr
         self.weight_decay, self.batch_size, self.patience = weight_decay, batch_size, patience
@@ -200,7 +200,7 @@ class MFRouter(Router):
     def __init__(self, *, dim: int = 128, epochs: int = 300, lr: float = 3e-3, weight_decay: float = 1e-4,
                  pair_weight: float = 1.0, batch_size: int = 256, patience: int = 15,
                  val_fraction: float = 0.1, lam: float = 0.0, k: int = 1, budget: float | None = None,
-                 embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.dim, self.epochs, self.lr, self.weight_decay = dim, epochs, lr, weight_decay
         self.pair_weight, self.batch_size, self.patience = pair_weight, batch_size, patience

@@ -25,7 +25,7 @@ import numpy as np
 
 from composer.errors import RoutingError
 from composer.routers.base import Router, make_router
-from composer.routers.embed import DEFAULT_EMBEDDING
+from composer.routers.embed import ROUTING_EMBEDDING
 from composer.routers.training import sigmoid
 
 BASES = ("knn", "mlp", "prior")
@@ -76,7 +76,7 @@ class StackRouter(Router):
 
     def __init__(self, *, bases: tuple[str, ...] | list[str] = BASES, folds: int = 5, meta_C: float = 1.0,
                  prior_C: float = 10.0, margin: float = 0.03, lam: float = 0.0, k: int = 1,
-                 budget: float | None = None, embedding_model: str = DEFAULT_EMBEDDING, seed: int = 0):
+                 budget: float | None = None, embedding_model: str = ROUTING_EMBEDDING, seed: int = 0):
         super().__init__(lam=lam, k=k, budget=budget, embedding_model=embedding_model, seed=seed)
         self.bases = bases
         self.folds = folds

@@ -41,6 +41,7 @@ def routellm_gsm8k(n: int = 240, seed: int = 0) -> OutcomeTable:
 
 @pytest.fixture(scope="session")
 def embedder(request):
-    from composer.routers.embed import Embedder
+    from composer.routers.embed import ROUTING_EMBEDDING, Embedder
 
-    return Embedder(cache_dir=request.config.cache.mkdir("composer-embeddings")).load()
+    # the learned routers' spec (routers given an embedder of another spec make their own)
+    return Embedder(ROUTING_EMBEDDING, cache_dir=request.config.cache.mkdir("composer-embeddings")).load()
