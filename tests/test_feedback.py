@@ -60,6 +60,35 @@ def test_store_records_once_and_says_why_it_refuses(tmp_path):
         again.record("resp-1", 1.0, choice=1)
 
 
+_KILLED_WRITER = """
+import os, signal, sys
+from composer.feedback import FeedbackStore
+from composer.types import Answer, Candidate, Query, RouteDecision, Usage
+store = FeedbackStore(sys.argv[1])
+for i in range(3):
+    q = Query("2+2?", id=f"q{i}")
+    c = Candidate(q.id, "smollm2", "4", Usage(10, 2, 0.001, 0.1))
+    store.log_response(f"chatcmpl-{i}", "smollm2", [q], [Answer(q.id, "4", ["smollm2"], [c], c.usage,
+                       RouteDecision(q.id, ["smollm2"], reason="r", router="knn"))])
+print("logged", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no exit handlers: a killed server
+"""
+
+
+def test_a_killed_writer_keeps_every_response_it_logged(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "fb.sqlite"
+    p = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(db)], capture_output=True, text=True,
+                       timeout=120, cwd=str(Path(__file__).resolve().parents[1]))
+    assert p.returncode == -9 and "logged" in p.stdout, p.stderr
+    again = FeedbackStore(db)
+    assert again.counts() == {"responses": 3, "feedback": 0}
+    assert again.response("chatcmpl-2")["experts"] == ["smollm2"]
+    again.close()
+
+
 def test_scored_responses_become_an_outcome_table(tmp_path):
     s = FeedbackStore(tmp_path / "fb.sqlite")
     s.log_response("r1", "m", [Query("q one", id="x")], [_answer("x", ["smollm2"])])

@@ -56,6 +56,11 @@ class Service:
         self.draining = False
         self.started = time.time()
         self._embedder = None
+        from composer.feedback import FeedbackStore, default_path
+
+        # the response log: one store, one connection (opened on the first answer), not a
+        # connect + schema check per answer
+        self._responses = FeedbackStore(default_path(self.composer.base_dir))
 
     # -- plumbing ---------------------------------------------------------------------------
     def authorized(self, request) -> bool:
@@ -379,10 +384,8 @@ class Service:
     def log_completion(self, rid: str, model: str, queries, answers) -> None:
         """Log a returned completion (route, experts, prompt, cost) so POST /v1/feedback can score
         it later, across restarts. A failed write is logged and does not fail the answer."""
-        from composer.feedback import FeedbackStore, default_path
-
         try:
-            FeedbackStore(default_path(self.composer.base_dir)).log_response(rid, model, queries, answers)
+            self._responses.log_response(rid, model, queries, answers)
         except Exception:  # noqa: BLE001 - e.g. a full disk: the answer still goes out, the log says why
             log.exception("could not log response %s for feedback", rid)
 
@@ -444,3 +447,4 @@ class Service:
     def close(self) -> None:
         self.composer.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._responses.close()
