@@ -436,25 +436,13 @@ def read_long(path: str | Path) -> pd.DataFrame:
     if path.suffix.lower() == ".csv":
         df = _read_csv(path)
     else:
-        records = []
-        with path.open("r", encoding="utf-8") as f:
-            text = f.read()
         if path.suffix.lower() == ".json":
             try:
-                records = json.loads(text)
+                records = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise OutcomeFormatError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
         else:
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise OutcomeFormatError(f"{path}: row {n}: invalid JSON: {exc.msg}") from None
-                if not isinstance(rec, dict):
-                    raise OutcomeFormatError(f"{path}: row {n}: expected a JSON object per line")
-                records.append(rec)
+            records = [rec for _, rec in _jsonl_records(path, "one outcome per line")]
         df = pd.DataFrame.from_records(records)
     for need in ("prompt", "expert", "score"):
         if need not in df.columns:
