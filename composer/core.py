@@ -69,6 +69,7 @@ class Composer:
         self._reliability_overrides = dict(reliability_overrides or {})  # e.g. `composer serve --retries`
         self._batcher = None  # composer.stream.StreamBatcher once stream_mode() is on (server)
         self._runtime = None  # composer.runtime.runtime.Runtime, made on first use
+        self._responses = None  # composer.feedback.FeedbackStore, made on first use
         self._lock = threading.RLock()
         self.events = EventSink()  # every load, unload, attempt, cancel... (composer/runtime/events.py)
 
@@ -391,9 +392,18 @@ class Composer:
         cost were logged with it) into this registry's feedback store (composer/feedback.py);
         `composer router train --outcomes <store>` retrains on it. Raises FeedbackError
         (.status 404 unknown id, 409 duplicate, 400 bad score)."""
-        from composer.feedback import FeedbackStore, default_path  # noqa: PLC0415
+        return self.responses.record(response_id, score, choice=choice, comment=comment)
 
-        return FeedbackStore(default_path(self.base_dir)).record(response_id, score, choice=choice, comment=comment)
+    @property
+    def responses(self):
+        """This registry's response log and feedback store (composer/feedback.py): one store, so
+        the endpoint's log and the feedback share one SQLite connection per process."""
+        with self._lock:
+            if self._responses is None:
+                from composer.feedback import FeedbackStore, default_path  # noqa: PLC0415
+
+                self._responses = FeedbackStore(default_path(self.base_dir))
+            return self._responses
 
     # -- lifecycle --------------------------------------------------------------------------
     def loaded_experts(self) -> list[str]:
@@ -413,6 +423,8 @@ class Composer:
                 self._executor = None
             for b in self._backends.values():
                 b.unload()
+            if self._responses is not None:
+                self._responses.close()
 
     def __enter__(self) -> "Composer":
         return self

@@ -56,11 +56,6 @@ class Service:
         self.draining = False
         self.started = time.time()
         self._embedder = None
-        from composer.feedback import FeedbackStore, default_path
-
-        # the response log: one store, one connection (opened on the first answer), not a
-        # connect + schema check per answer
-        self._responses = FeedbackStore(default_path(self.composer.base_dir))
 
     # -- plumbing ---------------------------------------------------------------------------
     def authorized(self, request) -> bool:
@@ -385,7 +380,7 @@ class Service:
         """Log a returned completion (route, experts, prompt, cost) so POST /v1/feedback can score
         it later, across restarts. A failed write is logged and does not fail the answer."""
         try:
-            self._responses.log_response(rid, model, queries, answers)
+            self.composer.responses.log_response(rid, model, queries, answers)
         except Exception:  # noqa: BLE001 - e.g. a full disk: the answer still goes out, the log says why
             log.exception("could not log response %s for feedback", rid)
 
@@ -447,4 +442,3 @@ class Service:
     def close(self) -> None:
         self.composer.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self._responses.close()
