@@ -228,23 +228,26 @@ def _aiq_table(res, rep: Replay) -> dict[str, Any]:
     """AIQ per task and overall for every router's sweep, with the zero router of the singles."""
     out: dict[str, Any] = {}
     for scope in [*rep.task_names, "all"]:
-        curves = {}
-        for name, e in res["routers"].items():
-            pts = [(_cost(p, scope), _acc(p, scope)) for p in e.get("curve", []) + [e["default"]]]
-            pts = [p for p in pts if p[1] is not None]
-            if pts:
-                curves[name] = np.array(pts, dtype=float)
-        zero = [(_cost(p, scope), _acc(p, scope)) for p in res["singles"].values()]
-        curves["zero_router"] = np.array([p for p in zero if p[1] is not None], dtype=float)
+        curves = {name: pts for name, e in res["routers"].items() if len(pts := _router_points(e, scope))}
+        curves["zero_router"] = _single_points(res, scope)
         out[scope] = aiq(curves)
     names = [*res["routers"], "zero_router"]
     out["task_mean"] = {nm: _nanmean([out[t].get(nm, np.nan) for t in rep.task_names]) for nm in names}
     return out
 
 
-def _router_points(e, scope) -> np.ndarray:
-    pts = [(_cost(p, scope), _acc(p, scope)) for p in e.get("curve", []) + [e["default"]]]
+def _points(points, scope) -> np.ndarray:
+    """(cost, accuracy) of each point that has an accuracy in `scope`, as an (n, 2) array."""
+    pts = [(_cost(p, scope), _acc(p, scope)) for p in points]
     return np.array([p for p in pts if p[1] is not None], dtype=float).reshape(-1, 2)
+
+
+def _router_points(e, scope) -> np.ndarray:
+    return _points(e.get("curve", []) + [e["default"]], scope)
+
+
+def _single_points(res, scope) -> np.ndarray:
+    return _points(res["singles"].values(), scope)
 
 
 def _midpoint_table(res, rep: Replay) -> dict[str, Any]:
@@ -253,8 +256,7 @@ def _midpoint_table(res, rep: Replay) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for scope in [*rep.task_names, "all"]:
         curves = {name: pts for name, e in res["routers"].items() if len(pts := _router_points(e, scope))}
-        singles = np.array([(_cost(p, scope), _acc(p, scope)) for p in res["singles"].values()
-                            if _acc(p, scope) is not None], dtype=float).reshape(-1, 2)
+        singles = _single_points(res, scope)
         if len(singles):
             m = midpoint_gain(curves, singles)
             out[scope] = {"cost": m["cost"], "zero_router": m["zero_router"],
