@@ -13,8 +13,11 @@ Never blocks forever:
 - every call is `ray.get(..., timeout=)`: load (`load_timeout_s`, default the expert's
   `ready_timeout_s` + 60 s), generate (`timeout_s` x batch size + 30 s), unload (30 s).
 A crashed actor (killed process, OOM) is restarted once and its batch retried; a second crash
-fails the batch with a clear error. `close()` stops every actor (and with it any server process
-the backend started) and shuts Ray down if this executor started it.
+fails the batch with a clear error, and so does a crash after part of an answer was streamed (a
+retry would send that part twice). Streaming (`on_delta`) comes out of the actor token by token
+through a Ray streaming generator (`ExpertActor.generate_stream`), under the same deadline.
+`close()` stops every actor (and with it any server process the backend started) and shuts Ray
+down if this executor started it.
 
     ex = RayExecutor(composer.expert_spec, scheduler)        # local Ray, num_cpus=2
     ex = RayExecutor(..., address="ray://head:10001")         # an existing cluster
@@ -23,6 +26,8 @@ the backend started) and shuts Ray down if this executor started it.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from typing import Callable
 
@@ -31,6 +36,7 @@ from composer.executors import BaseExecutor, describe
 from composer.scheduler import Scheduler
 
 DEFAULT_ACTOR_CPUS = 0.5
+_END = object()
 
 
 class ExpertActor:
@@ -56,11 +62,40 @@ class ExpertActor:
         except Exception as exc:  # noqa: BLE001 - sent back to the driver as the expert's error
             return False, describe(exc)
 
-    def generate(self, queries):
+    def generate(self, queries, on_delta=None):
         try:
-            return True, self.backend.generate(queries)
+            return True, self.backend.generate(queries, on_delta)
         except Exception as exc:  # noqa: BLE001
             return False, (describe(exc), bool(getattr(exc, "retryable", False)))
+
+    def generate_stream(self, queries):
+        """`generate` as a Ray streaming generator: ("deltas", [Delta, ...]) as the backend
+        produces them (whatever piled up since the last item travels together), then
+        ("done", generate's result). The backend runs in a thread of its own so its
+        per-token callback never waits on Ray."""
+        pieces: queue.SimpleQueue = queue.SimpleQueue()
+        result: list = []
+
+        def work():
+            try:
+                result.append(self.generate(queries, pieces.put))
+            finally:
+                pieces.put(_END)
+
+        threading.Thread(target=work, name="expert-generate", daemon=True).start()
+        ended = False
+        while not ended:
+            batch = [pieces.get()]
+            while True:
+                try:
+                    batch.append(pieces.get_nowait())
+                except queue.Empty:
+                    break
+            ended = batch[-1] is _END  # put last, after every delta
+            deltas = [d for d in batch if d is not _END]
+            if deltas:
+                yield "deltas", deltas
+        yield "done", result[0]
 
     def unload(self) -> float:
         return self.backend.unload() if self.backend is not None else 0.0
@@ -206,27 +241,21 @@ class RayExecutor(BaseExecutor):
         return time.perf_counter() - t0
 
     def _generate(self, expert, queries, events, on_delta=None):
-        out = self._generate_on_actor(expert, queries, events)
-        if on_delta is not None:  # no token streaming out of an actor yet: each answer as one piece
-            from composer.types import Delta  # noqa: PLC0415
-
-            for c in out:
-                if c.ok and c.text:
-                    on_delta(Delta(c.query_id, expert, c.text))
-        return out
-
-    def _generate_on_actor(self, expert, queries, events):
         ray = self._ray()
         from ray.exceptions import GetTimeoutError, RayActorError
 
         dead = (RayActorError, getattr(ray.exceptions, "ActorUnavailableError", RayActorError))
         spec = self.expert_spec(expert)
         timeout = spec.timeout_s * len(queries) + self.call_slack_s
+        streamed: list = []  # deltas already handed on: after one, a crash is not retried
         for attempt in (1, 2):
             actor, pid = self._actors[expert]
             self._inflight.add(expert)
             try:
-                ok, value = ray.get(actor.generate.remote(queries), timeout=timeout)
+                if on_delta is None:
+                    ok, value = ray.get(actor.generate.remote(queries), timeout=timeout)
+                else:
+                    ok, value = self._stream(ray, actor, queries, timeout, on_delta, streamed)
                 self._inflight.discard(expert)
             except GetTimeoutError:
                 self._drop(expert)
@@ -237,6 +266,9 @@ class RayExecutor(BaseExecutor):
                 events.append({"event": "crash", "expert": expert, "seconds": 0.0, "pid": pid,
                                "error": _short(exc)})
                 self._drop(expert)
+                if streamed:  # a retry would send the streamed part again
+                    raise BackendError(f"its actor crashed after part of the answer was streamed "
+                                       f"({_short(exc)}); {len(queries)} queries failed", expert=expert) from None
                 if attempt == 2:
                     raise BackendError(f"its actor crashed again after a restart ({_short(exc)}); "
                                        f"{len(queries)} queries failed", expert=expert, retryable=True) from None
@@ -249,6 +281,31 @@ class RayExecutor(BaseExecutor):
                 raise BackendError(message, retryable=retryable)
             return value
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _stream(ray, actor, queries, timeout, on_delta, streamed: list):
+        """Token streaming out of the actor: hand each delta on as it arrives; generate's
+        (ok, value) at the end. The whole call shares one deadline."""
+        from ray.exceptions import GetTimeoutError
+
+        gen = actor.generate_stream.options(num_returns="streaming").remote(queries)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait([gen], timeout=max(left, 0.0))
+            if not ready:
+                raise GetTimeoutError(f"no answer within {timeout:g}s")
+            try:
+                ref = next(gen)
+            except StopIteration:
+                return False, ("its actor's stream ended without an answer", True)
+            kind, value = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.001))
+            if kind == "done":
+                return value
+            if value and not streamed:
+                streamed.append(True)
+            for d in value:
+                on_delta(d)
 
     def _drop(self, expert: str) -> None:
         """Forget (and kill) an expert's actor after a crash or a timeout."""

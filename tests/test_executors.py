@@ -44,6 +44,8 @@ experts:
   - {name: quick, backend: fake, model: fake, footprint_bytes: 1000000}
   - {name: gpu-only, backend: fake, model: fake, options: {num_gpus: 1}}
   - {name: greedy, backend: fake, model: fake, footprint_bytes: 1000000, options: {num_cpus: 2}}
+  - {name: wordy, backend: fake, model: fake, footprint_bytes: 1000000,
+     options: {gen_s: 4.0, first_token_s: 0.05, reply: "one two three four five six seven eight nine ten"}}
 """
 
 
@@ -274,6 +276,56 @@ def test_a_second_crash_fails_the_batch_with_a_clear_error(cfg, ray_session):
         ex.close()
     assert all("crashed again after a restart" in c.error and "slow" in c.error for c in res.candidates)
     assert sum(e["event"] == "crash" for e in res.events) == 2
+
+
+def test_a_ray_actor_streams_tokens_as_they_are_generated(cfg, ray_session):
+    """`executor: ray` on the product path (Composer.stream): SmolLM2's tokens leave its actor
+    while it generates, not as one piece at the end."""
+    from composer.core import Composer
+    from composer.types import Answer, Delta
+
+    c = Composer(cfg, executor="ray")
+    t0, arrivals = time.perf_counter(), []
+    try:
+        for item in c.stream(Query("Write a short poem about the sea.", id="poem", max_tokens=32),
+                             expert="smollm2"):
+            arrivals.append((time.perf_counter() - t0, item))
+        pids = c.executor.actor_pids()
+    finally:
+        c.close()
+    answer = arrivals[-1][1]
+    deltas = [(t, d) for t, d in arrivals[:-1] if isinstance(d, Delta)]
+    assert isinstance(answer, Answer) and answer.ok, answer.error
+    assert pids["smollm2"] != os.getpid()  # generated in an actor
+    assert "".join(d.text for _, d in deltas) == answer.text
+    assert len(deltas) >= 4, [d.text for _, d in deltas]  # one piece per token, not one per answer
+    # they arrived over the generation: separate messages, not one burst after it
+    gaps = [b - a for (a, _), (b, _) in zip(deltas, deltas[1:])]
+    assert sum(g > 0.003 for g in gaps) >= 2, gaps
+
+
+def test_a_crash_after_streaming_began_fails_clearly_and_is_not_retried(cfg, ray_session):
+    """A retry would stream the answer's start a second time: the request ends with a clear error."""
+    from composer.core import Composer
+    from composer.types import Answer, Delta
+
+    c = Composer(cfg, executor="ray")
+    items, killed = [], []
+    try:
+        for item in c.stream(Query("anything", id="w1", max_tokens=16), expert="wordy"):
+            items.append(item)
+            if isinstance(item, Delta) and not killed:
+                killed.append(c.executor.actor_pids()["wordy"])
+                os.kill(killed[0], signal.SIGKILL)
+        crashes, restarts = c.events.count("crash", expert="wordy"), c.events.count("load", restart=True)
+    finally:
+        c.close()
+    answer = items[-1]
+    assert isinstance(answer, Answer) and not answer.ok
+    assert "crashed after part of the answer was streamed" in answer.error, answer.error
+    streamed = "".join(d.text for d in items if isinstance(d, Delta))
+    assert streamed and "one two three four five six seven eight nine ten".startswith(streamed)
+    assert (crashes, restarts) == (1, 0)  # seen, and not retried
 
 
 CHILD = textwrap.dedent("""
