@@ -70,7 +70,7 @@ def questions(n, prefix="q"):
     return [Query(texts[i % len(texts)], id=f"{prefix}{i}", max_tokens=6) for i in range(n)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
