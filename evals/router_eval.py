@@ -79,14 +79,18 @@ class Replay:
 def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str], *,
              params: dict[str, dict] | None = None, sweep: bool = True, n_points: int = 20,
              embedder=None, out_dir: str | Path | None = None, strong: str | None = None,
-             weak: str | None = None, progress=print, cv: int = 0, seed: int = 0) -> dict[str, Any]:
+             weak: str | None = None, progress=print, cv: int = 0, seed: int = 0,
+             keep_choices: bool = False) -> dict[str, Any]:
     """Fit each router on `train`, replay it on `test`; write results.json, decisions.jsonl and
     curves.png under `out_dir` when given. Returns the results dict.
 
     cv=K (test None): K-fold cross-fitting on `train` alone: each query's predicted scores (and
     expected costs) come from a router fitted on the other K-1 folds (folds drawn per task with
     `seed`), and every query is scored; selection and sweeps then run on those predictions with
-    the last fold's router (selection depends only on the scores, costs and its parameters)."""
+    the last fold's router (selection depends only on the scores, costs and its parameters).
+
+    keep_choices: each router's entry also lists its first choice per test query (expert
+    indices, in test order), for paired statistics over the same queries."""
     from composer.routers.embed import Embedder
 
     if cv:
@@ -153,6 +157,8 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
         entry: dict[str, Any] = {"params": r.get_params(), "fit_s": round(fit_s, 2),
                                  "predict_s": round(predict_s, 2), "default": rep.point(default)}
         entry["oracle_gap_closed"] = _gap(entry["default"], res)
+        if keep_choices:
+            entry["choices"] = [int(c[0]) for c in default]
         if sweep:
             entry["curve"] = [{"knob": knob, **rep.point(r.select(S, C, **knob))}
                               for knob in r.sweep_knobs(S, C, n_points)]

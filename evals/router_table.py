@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from composer.errors import OutcomeFormatError
+from composer.evals.bootstrap import task_average_intervals
 
 TRAIN_FILES = ["mmlu_train.json", "cmmlu_train.json", "gsm8k-train.json", "arc_challenge_train.json",
                "humaneval_train.json"]
@@ -46,24 +47,41 @@ def read_split(folder: Path):
     return train, test
 
 
+TASK_BEST = "best model per task (needs the task label)"
+INTERVAL_NOTE = ("95 % bootstrap intervals (1,000 resamples of the test queries within each task, the same "
+                 "resample for every row); 'vs best per task' is the paired difference [observed, low, high]")
+
+
 def routerdc_table(folder: Path, routers: list[str], *, params: dict[str, dict] | None = None, embedder=None,
                    progress=print) -> dict[str, Any]:
     """Fit each router on the train files, replay on the test files; rows in percent."""
     from composer.evals.router_eval import evaluate
 
     train, test = read_split(folder)
-    res = evaluate(train, test, routers, params=params, sweep=False, embedder=embedder, progress=progress)
+    res = evaluate(train, test, routers, params=params, sweep=False, embedder=embedder, progress=progress,
+                   keep_choices=True)
     rows: dict[str, dict[str, float]] = {}
     singles = {e: _row(p["task_accuracy"]) for e, p in res["singles"].items()}
     best = max(singles, key=lambda e: singles[e]["id_avg"])
     rows[f"best single model ({_short(best)})"] = singles[best]
-    rows["best model per task (needs the task label)"] = _row(
-        {t: max(res["singles"][e]["task_accuracy"][t] for e in singles) for t in [*ID_FILES, *OOD_FILES]})
+    per_task = {t: max(singles, key=lambda e: res["singles"][e]["task_accuracy"][t]) for t in [*ID_FILES, *OOD_FILES]}
+    rows[TASK_BEST] = _row({t: res["singles"][e]["task_accuracy"][t] for t, e in per_task.items()})
     rows["RouterDC, published"] = dict(PUBLISHED)
     for name in routers:
         rows[f"composer `{name}`"] = _row(res["routers"][name]["default"]["task_accuracy"])
     rows["oracle"] = _row(res["oracle"]["task_accuracy"])
-    return {"rows": rows, "columns": [*ID_FILES, "id_avg", *OOD_FILES, "ood_avg"],
+    # the same queries' choices, for paired bootstrap intervals (the oracle's are not a router's)
+    tasks = np.asarray(test.task_of().tolist())
+    experts = list(res["experts"])
+    picks = {f"best single model ({_short(best)})": np.full(len(tasks), experts.index(best)),
+             TASK_BEST: np.array([experts.index(per_task[t]) for t in tasks])}
+    for name in routers:
+        picks[f"composer `{name}`"] = np.array(res["routers"][name].pop("choices"))
+    intervals = task_average_intervals(test.credit_matrix(experts).to_numpy(dtype=float), tasks, picks,
+                                       groups={"id_avg": list(ID_FILES), "ood_avg": list(OOD_FILES)},
+                                       reference=TASK_BEST)
+    return {"rows": rows, "columns": [*ID_FILES, "id_avg", *OOD_FILES, "ood_avg"], "intervals": intervals,
+            "interval_note": INTERVAL_NOTE,
             "score_kinds": res["score_kinds"]["test"], "train": res["train"], "test": res["test"],
             "n_train_queries": res["n_train_queries"], "task_sizes": res["task_sizes"],
             "singles": singles, "routers": {n: {k: res["routers"][n][k] for k in ("params", "fit_s", "predict_s")}
@@ -89,6 +107,15 @@ def markdown(res: dict[str, Any]) -> str:
     for name, row in res["rows"].items():
         cells = [row.get(c, "") for c in cols]
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in cells) + " |")
+    if res.get("intervals"):
+        lines += ["", res["interval_note"] + ":", "",
+                  "| | ID avg | ID avg vs best per task | OOD avg | OOD avg vs best per task |", "|---|---|---|---|---|"]
+        for name, iv in res["intervals"].items():
+            def diff(key):
+                d = iv.get(key)
+                return "" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"
+            lines.append(f"| {name} | [{iv['id_avg'][0]:.2f}, {iv['id_avg'][1]:.2f}] | {diff('id_avg_vs_reference')} | "
+                         f"[{iv['ood_avg'][0]:.2f}, {iv['ood_avg'][1]:.2f}] | {diff('ood_avg_vs_reference')} |")
     return "\n".join(lines)
 
 

@@ -153,6 +153,16 @@ def test_router_table_on_routerdc_layout(cli, routerdc_small, tmp_path):
     for col in res["columns"]:
         assert per_task[col] >= single[col] - 1e-9
         assert rows["oracle"][col] >= per_task[col] - 1e-9
+    # paired bootstrap intervals, printed and written: each holds its row's own average
+    assert "95 % bootstrap intervals" in r.output and "vs best per task" in r.output
+    iv = res["intervals"]
+    assert set(iv) == {k for k in rows if k.startswith(("best", "composer"))}
+    for name, row_iv in iv.items():
+        for g in ("id_avg", "ood_avg"):
+            assert row_iv[g][0] <= rows[name][g] <= row_iv[g][1], (name, g)
+    assert "id_avg_vs_reference" not in iv["best model per task (needs the task label)"]
+    d = iv[next(k for k in iv if k.startswith("best single"))]["id_avg_vs_reference"]
+    assert d[0] == pytest.approx(single["id_avg"] - per_task["id_avg"], abs=0.02) and d[1] <= d[0] <= d[2]
     r = cli("router", "table", "--data", tmp_path / "nowhere", "--router", "knn")
     assert r.exit_code == 2 and "nowhere" in r.output
     r = cli("router", "table", "--data", routerdc_small, "--router", "nope")
