@@ -80,7 +80,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
              params: dict[str, dict] | None = None, sweep: bool = True, n_points: int = 20,
              embedder=None, out_dir: str | Path | None = None, strong: str | None = None,
              weak: str | None = None, progress=print, cv: int = 0, seed: int = 0,
-             keep_choices: bool = False) -> dict[str, Any]:
+             keep_choices: bool = False, cv_by_task: bool = False) -> dict[str, Any]:
     """Fit each router on `train`, replay it on `test`; write results.json, decisions.jsonl and
     curves.png under `out_dir` when given. Returns the results dict.
 
@@ -89,14 +89,22 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
     `seed`), and every query is scored; selection and sweeps then run on those predictions with
     the last fold's router (selection depends only on the scores, costs and its parameters).
 
+    cv_by_task (test None): leave one task out: each task's queries are scored by a router fitted
+    on the other tasks only (how a router carries to a kind of query it never saw).
+
     keep_choices: each router's entry also lists its first choice per test query (expert
     indices, in test order), for paired statistics over the same queries."""
     from composer.routers.embed import Embedder
 
-    if cv:
+    if cv and cv_by_task:
+        raise RoutingError("give cv folds or leave-one-task-out, not both")
+    if cv or cv_by_task:
         if test is not None:
             raise RoutingError("give either a test table or cv folds, not both")
-        if cv < 2 or cv > train.n_queries:
+        if cv_by_task and len(set(train.task_of().tolist())) < 2:
+            raise RoutingError(f"leaving one task out needs 2 tasks or more; {train.source} has "
+                               f"{sorted(set(train.task_of().tolist()))}")
+        if cv and (cv < 2 or cv > train.n_queries):
             raise RoutingError(f"cv needs 2 to {train.n_queries} folds, got {cv}")
         test = train
     elif test is None:
@@ -116,7 +124,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
     res: dict[str, Any] = {
         "train": train.source, "test": test.source, "experts": experts, "tasks": rep.task_names,
         "n_train_queries": train.n_queries - (-(-train.n_queries // cv) if cv else 0),
-        "n_test_queries": test.n_queries, "cost_unit": rep.cost_unit, "cv": cv or None,
+        "n_test_queries": test.n_queries, "cost_unit": rep.cost_unit, "cv": "task" if cv_by_task else cv or None,
         "task_sizes": {t: int((rep.tasks == t).sum()) for t in rep.task_names},
         "score_kinds": {"train": train.score_kinds, "test": test.score_kinds},
         "routers": {}, "params": params,
@@ -132,7 +140,11 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
     res["best_single_per_task"] = {t: {"expert": e, "accuracy": res["singles"][e]["task_accuracy"][t]}
                                    for t, e in per_task.items()}
     pair = _pair(experts, train_means, strong, weak)
-    folds = kfold_positions(rep.tasks, cv, seed) if cv else [np.arange(n)]
+    if cv_by_task:
+        folds = [np.flatnonzero(rep.tasks == t) for t in rep.task_names]
+        res["n_train_queries"] = n - min(len(f) for f in folds)  # the largest training set
+    else:
+        folds = kfold_positions(rep.tasks, cv, seed) if cv else [np.arange(n)]
     decisions: dict[str, list] = {}
     for name in routers:
         S, C = np.empty((n, len(experts))), np.empty((n, len(experts)))
@@ -146,7 +158,8 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
             if name == "oracle":
                 r.fit(test)
             else:
-                r.fit(train.filter(query_ids=np.delete(np.asarray(rep.query_ids), idx).tolist()) if cv else train)
+                held_out = cv or cv_by_task
+                r.fit(train.filter(query_ids=np.delete(np.asarray(rep.query_ids), idx).tolist()) if held_out else train)
             if list(r.experts_) != experts:  # a fold's table listing its experts in another order
                 raise RoutingError(f"router '{name}' was fitted on experts {r.experts_}, expected {experts}")
             t1 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from routers_helpers import embedder, routellm_gsm8k  # noqa: F401 - fixture
 from typer.testing import CliRunner
@@ -180,3 +181,28 @@ def test_eval_score_kind_override_errors_exit_2(cli, routerdc_small):
     r = cli("eval", "--outcomes", train, "--test", test, "--router", "best_single", "--no-sweep",
             "--score-kind", "humaneval=correct_if_positive")
     assert r.exit_code == 0 and "humaneval correct_if_positive" in r.output
+
+
+def test_eval_leave_one_task_out(cli, routerdc_small, tmp_path):
+    """--cv-by-task: each task is scored by routers that never saw it."""
+    from composer.outcomes import read_outcomes
+
+    files = [routerdc_small / f for f in ("mmlu_train.json", "gsm8k-train.json", "humaneval_train.json")]
+    out = tmp_path / "loto"
+    r = cli("eval", "--outcomes", *[x for f in files for x in ("--outcomes", f)][1:], "--cv-by-task",
+            "--router", "best_single,knn", "--no-sweep", "--out", out)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["cv"] == "task" and res["n_test_queries"] == 42
+    t = read_outcomes(files)
+    experts, tasks = list(t.experts), np.asarray(t.task_of().tolist())
+    Y = t.credit_matrix(experts).to_numpy(dtype=float)
+    for task in ("mmlu", "gsm8k", "humaneval"):  # the best expert on the *other* tasks, scored on this one
+        others = Y[tasks != task]
+        pick = int(np.argmax(np.nanmean(others, axis=0)))
+        got = res["routers"]["best_single"]["default"]["task_accuracy"][task]
+        assert got == pytest.approx(float(np.nanmean(Y[tasks == task, pick])))
+    r = cli("eval", "--outcomes", files[0], "--cv-by-task", "--router", "knn", "--no-sweep")
+    assert r.exit_code == 2 and "needs 2 tasks or more" in r.output
+    r = cli("eval", "--outcomes", files[0], "--test", files[1], "--cv-by-task", "--router", "knn")
+    assert r.exit_code == 2 and "--cv-by-task" in r.output

@@ -222,6 +222,8 @@ def eval_cmd(
     test_fraction: float = typer.Option(0.3, help="Held-out share when --test is not given."),
     cv: int = typer.Option(0, "--cv", help="K-fold cross-fitting instead of one split: each query is scored by a "
                            "router trained on the other K-1 folds, all queries scored (small tables)."),
+    cv_by_task: bool = typer.Option(False, "--cv-by-task", help="Leave one task out: each task's queries are scored "
+                                    "by a router trained on the other tasks only (transfer to unseen tasks)."),
     points: int = typer.Option(20, help="Points per sweep curve."),
     strong: Optional[str] = typer.Option(None, help="Strong expert for RouteLLM's metrics (default: the better of a pair)."),
     weak: Optional[str] = typer.Option(None, help="Weak expert for RouteLLM's metrics."),
@@ -255,11 +257,12 @@ def eval_cmd(
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed, tasks, score_kind, on_duplicate, cv)
+                  strong, weak, as_json, seed, tasks, score_kind, on_duplicate, cv, cv_by_task)
 
 
 def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_fraction, points,
-                  strong, weak, as_json, seed, tasks, score_kind=None, on_duplicate="error", cv=0) -> None:
+                  strong, weak, as_json, seed, tasks, score_kind=None, on_duplicate="error", cv=0,
+                  cv_by_task=False) -> None:
     from composer.evals.router_eval import evaluate
     from composer.routers import ROUTERS
 
@@ -271,6 +274,8 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
         names = list(ROUTERS)
     if cv and test_paths:
         _fail("--cv cross-fits on --outcomes alone; drop --test (or --cv)", EXIT_USAGE)
+    if cv_by_task and (test_paths or cv):
+        _fail("--cv-by-task scores --outcomes by leaving each task out; drop --test and --cv", EXIT_USAGE)
     if cv == 1 or cv < 0:
         _fail(f"--cv {cv}: give 2 folds or more (0: one split by --test-fraction)", EXIT_USAGE)
     unknown = [n for n in names if n not in ROUTERS]
@@ -281,7 +286,7 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
         train_t = _read(train_paths, fmt, prices, only, score_kind, on_duplicate)
         if test_paths:
             test_t = _read(test_paths, fmt, prices, only, score_kind, on_duplicate)
-        elif cv:
+        elif cv or cv_by_task:
             test_t = None
         else:
             train_t, test_t = train_t.split(test_fraction, seed=seed)
@@ -290,7 +295,8 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
         for p in params.values():
             p.setdefault("seed", seed)
         res = evaluate(train_t, test_t, names, params=params, sweep=sweep, n_points=points, out_dir=out,
-                       strong=strong, weak=weak, progress=lambda m: typer.echo(m, err=as_json), cv=cv, seed=seed)
+                       strong=strong, weak=weak, progress=lambda m: typer.echo(m, err=as_json), cv=cv, seed=seed,
+                       cv_by_task=cv_by_task)
     except ComposerError as exc:
         _fail(str(exc), EXIT_USAGE)
     if as_json:
@@ -303,8 +309,13 @@ def _offline_eval(outcomes, test, router, sweep, out, prices, fmt, param, test_f
 
 def print_summary(res) -> None:
     b, o = res["best_single"], res["oracle"]
-    how = (f"{res['cv']}-fold cross-fitted: ~{res['n_train_queries']} train -> all {res['n_test_queries']} queries"
-           if res.get("cv") else f"{res['n_train_queries']} train -> {res['n_test_queries']} test queries")
+    if res.get("cv") == "task":
+        how = (f"leave one task out: each task scored by routers trained on the others (up to "
+               f"{res['n_train_queries']} queries); all {res['n_test_queries']} queries scored")
+    elif res.get("cv"):
+        how = f"{res['cv']}-fold cross-fitted: ~{res['n_train_queries']} train -> all {res['n_test_queries']} queries"
+    else:
+        how = f"{res['n_train_queries']} train -> {res['n_test_queries']} test queries"
     typer.echo(f"\n{how}; tasks {', '.join(res['tasks'])}")
     kinds = {**res.get("score_kinds", {}).get("train", {}), **res.get("score_kinds", {}).get("test", {})}
     if kinds:
