@@ -2,7 +2,9 @@
 
 Side by side in one run on this machine:
 1. SmolLM2-135M (llama.cpp): llama-cpp-python's own streamed first token (the same GGUF, threads
-   and context) vs composer in-process (Composer.stream) vs composer over HTTP (composer serve).
+   and context) vs composer in-process (Composer.stream) vs composer over HTTP (composer serve);
+   with `ray`, also composer with the expert in a Ray actor (executor: ray, tokens streamed out of
+   the actor).
 2. A timing-controlled OpenAI-compatible upstream (evals/fake_upstream.py; first token at
    `first_token` s): the upstream alone vs through composer serve.
 3. Disconnect: a client leaves after the first chunk; how long until the upstream sees its request
@@ -89,7 +91,8 @@ def inprocess_ttft(c, i: int) -> float:
     return float("nan")
 
 
-def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0, log=print) -> dict:
+def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0, ray: bool = True,
+                  log=print) -> dict:
     import os
 
     res: dict = {"runs": runs, "cpus": os.cpu_count()}
@@ -103,6 +106,16 @@ def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0
             own.append(own_llm.ttft(i))
             inproc.append(inprocess_ttft(c, i))
     own, inproc = own[1:], inproc[1:]
+    if ray:
+        log("llama.cpp on its own vs composer with the expert in a Ray actor (alternating runs) ...")
+        own_r, in_actor = [], []
+        with Composer.from_yaml(REPO / "experts.yaml", executor="ray") as c:
+            for i in range(200, 201 + runs):
+                own_r.append(own_llm.ttft(i))
+                in_actor.append(inprocess_ttft(c, i))
+        res["smollm2_ray_actor"] = {"llama_cpp_own_ms": 1e3 * statistics.median(own_r[1:]),
+                                    "composer_ray_actor_ms": 1e3 * statistics.median(in_actor[1:]),
+                                    "ray_actor_over_own": statistics.median(in_actor[1:]) / statistics.median(own_r[1:])}
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     up_cmd = [sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),
@@ -190,6 +203,9 @@ def format_report(r: dict) -> str:
         f"time to first content token, median of {r['runs']} runs ({r['cpus']} CPUs)",
         f"SmolLM2 llama.cpp on its own   {s['llama_cpp_own_ms']:8.1f} ms",
         f"SmolLM2 composer in-process    {s['composer_inprocess_ms']:8.1f} ms  ({s['inprocess_over_own']:.2f}x)",
+        *([f"SmolLM2 llama.cpp on its own   {r['smollm2_ray_actor']['llama_cpp_own_ms']:8.1f} ms  (runs beside the Ray ones)",
+           f"SmolLM2 composer, Ray actor    {r['smollm2_ray_actor']['composer_ray_actor_ms']:8.1f} ms  "
+           f"({r['smollm2_ray_actor']['ray_actor_over_own']:.2f}x)"] if "smollm2_ray_actor" in r else []),
         f"SmolLM2 llama.cpp on its own   {s['llama_cpp_own_http_runs_ms']:8.1f} ms  (runs beside the HTTP ones)",
         f"SmolLM2 composer over HTTP     {s['composer_http_ms']:8.1f} ms  ({s['http_over_own']:.2f}x)",
         f"fake upstream on its own       {u['alone_ms']:8.1f} ms",

@@ -50,12 +50,13 @@ def bench_gateway(
 def bench_stream(
     runs: int = typer.Option(7, help="Runs per measurement (the median is reported)."),
     first_token: float = typer.Option(0.2, help="The fake upstream's seconds to its first token."),
+    ray: bool = typer.Option(True, "--ray/--no-ray", help="Also time SmolLM2 in a Ray actor (executor: ray)."),
     out: Path = typer.Option(Path("results/bench_stream.json"), "--out", help="JSON output file."),
 ):
     """Time to first token (SmolLM2 and a fake upstream) and disconnect, composer vs on its own."""
     from composer.evals.bench_stream import format_report, run_benchmark
 
-    res = run_benchmark(runs=runs, first_token=first_token, log=lambda m: typer.echo(m, err=True))
+    res = run_benchmark(runs=runs, first_token=first_token, ray=ray, log=lambda m: typer.echo(m, err=True))
     typer.echo(format_report(res))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))
