@@ -110,6 +110,9 @@ class BaseExecutor:
                 if victim in self.resident:
                     self._evict(victim, events)
             if not self._is_loaded(g.expert):
+                for victim in self._make_room(g.expert):  # a cluster node, not the budget, is full
+                    if victim in self.resident:
+                        self._evict(victim, events, reason="no_room_on_any_node")
                 t0 = time.perf_counter()
                 try:
                     seconds = self._load(g.expert, events)
@@ -169,16 +172,22 @@ class BaseExecutor:
             self.resident.remove(expert)
             self.resident.append(expert)
 
-    def _evict(self, expert: str, events: list[dict]) -> None:
+    def _make_room(self, expert: str) -> list[str]:
+        """Resident experts to unload before `expert` can be placed anywhere, beyond what the
+        memory budget planned (the Ray executor: when no node has the resources it asks for)."""
+        return []
+
+    def _evict(self, expert: str, events: list[dict], reason: str | None = None) -> None:
         self.resident.remove(expert)
         t0 = time.perf_counter()
+        extra = {"reason": reason} if reason else {}
         try:
             seconds = self._unload(expert)
         except Exception as exc:  # noqa: BLE001 - still count it; the expert is gone either way
             events.append({"event": "unload", "expert": expert, "seconds": time.perf_counter() - t0,
-                           "error": describe(exc)})
+                           "error": describe(exc), **extra})
             return
-        events.append({"event": "unload", "expert": expert, "seconds": seconds})
+        events.append({"event": "unload", "expert": expert, "seconds": seconds, **extra})
 
     def unload_all(self) -> list[dict]:
         """Unload every resident expert; returns the unload events."""

@@ -6,6 +6,10 @@ Ray resources it reserved are really returned. Actors are annotated from experts
 `options.num_cpus` (default 0.5: fractional, several small experts share a core),
 `options.num_gpus` (default 0) and `memory` = the expert's footprint.
 
+The memory budget is one number for the whole cluster; Ray decides what fits on which node. When
+no live node has room for an expert's actor, the least recently used resident experts of one node
+are unloaded until it has (`_make_room`), rather than waiting for the placement timeout.
+
 Never blocks forever:
 - placement: a request larger than the cluster's total resources fails at once; otherwise the
   actor must be scheduled within `placement_timeout_s` or the load fails with the resources the
@@ -199,6 +203,32 @@ class RayExecutor(BaseExecutor):
         self._nodes[expert] = node
         return actor, pid
 
+    def _make_room(self, expert: str) -> list[str]:
+        """The memory budget is one number for the whole cluster; Ray decides per node. When no
+        live node has the CPUs, GPUs and memory this expert's actor asks for, unload resident
+        experts, least recently used first, from the one node where that frees enough: the
+        fewest and oldest. Nothing when some node has room already, or when no such node exists
+        (then placement waits and fails as before, with its clear error)."""
+        if not self.resident or _ray_if_up() is None:
+            return []
+        from ray._private.state import available_resources_per_node  # DeveloperAPI
+
+        need = {k: v for k, v in self.resources_for(expert).items() if v > 0}
+        free = {node: dict(res) for node, res in available_resources_per_node().items()}
+        if any(_covers(res, need) for res in free.values()):
+            return []
+        taken: dict[str, list[str]] = {}
+        for victim in self.resident:  # least recently used first
+            node = self._nodes.get(victim)
+            if victim == expert or node is None or node not in free:
+                continue
+            for key, amount in self.resources_for(victim).items():
+                free[node][key] = free[node].get(key, 0.0) + amount
+            taken.setdefault(node, []).append(victim)
+            if _covers(free[node], need):
+                return taken[node]
+        return []
+
     def _load_timeout(self, expert: str) -> float:
         if self.load_timeout_s is not None:
             return self.load_timeout_s
@@ -363,6 +393,10 @@ class RayExecutor(BaseExecutor):
                 ray.shutdown()
                 self._owns_ray = False
                 self._actor_cls = None
+
+
+def _covers(available: dict, need: dict) -> bool:
+    return all(available.get(key, 0.0) + 1e-9 >= amount for key, amount in need.items())
 
 
 def _ray_if_up():

@@ -22,9 +22,12 @@ from tests.serve_proc import ServerProc
 KEY = "sk-cluster-test"
 
 
-def registry(fallback: bool = False) -> str:
+def registry(fallback: bool = False, third: bool = False) -> str:
     fb_a = ", fallbacks: [b]" if fallback else ""
     fb_b = ", fallbacks: [a]" if fallback else ""
+    c = ("\n  - {name: c, backend: llamacpp, model: embedded:smollm2-135m-instruct, context_length: 512, timeout_s: 20,"
+         "\n     generation: {max_tokens: 8, temperature: 0.0}, options: {num_cpus: 1, n_threads: 1, placement_timeout_s: 40}}"
+         if third else "")
     return f"""
 version: 1
 settings: {{default_expert: a, executor: ray, memory_budget_bytes: 4000000000}}
@@ -33,6 +36,7 @@ experts:
      generation: {{max_tokens: 8, temperature: 0.0}}, options: {{num_cpus: 1, n_threads: 1, placement_timeout_s: 40}}{fb_a}}}
   - {{name: b, backend: llamacpp, model: embedded:smollm2-135m-instruct, context_length: 512, timeout_s: 20,
      generation: {{max_tokens: 8, temperature: 0.0}}, options: {{num_cpus: 1, n_threads: 1, placement_timeout_s: 40}}{fb_b}}}
+{c}
 pipelines:
   - {{name: both, experts: [a, b], k: 2}}
 """
@@ -54,6 +58,27 @@ def test_two_experts_land_on_two_nodes_and_answer(cluster):
         placed = {e["expert"]: e["node"] for e in loads}
         assert set(placed) == {"a", "b"}
         assert placed["a"] != placed["b"] and set(placed.values()) == set(nodes.values())
+
+
+def test_a_full_cluster_makes_room_by_unloading_the_least_recently_used(cluster):
+    """The memory budget (4 GB) has room for three experts; the cluster (1 CPU per node, each
+    expert asks for 1) has room for two. The third is placed by unloading the least recently used
+    expert where that frees a node, not left waiting for its placement timeout."""
+    with Composer(parse_config(registry(third=True), check_files=False), ray_address=cluster.address) as c:
+        assert c.ask("Say hi.", expert="a").ok
+        assert c.ask("Say hi.", expert="b").ok
+        node_of_a = c.executor.node_of("a")
+        t0 = time.monotonic()
+        ans = c.ask("Say hi.", expert="c")
+        took = time.monotonic() - t0
+        assert ans.ok and ans.experts == ["c"], ans.error
+        events = ans.stages[0]["events"]
+        room = [e for e in events if e["event"] == "unload" and e.get("reason") == "no_room_on_any_node"]
+        assert [e["expert"] for e in room] == ["a"]  # the least recently used, and only it
+        load = next(e for e in events if e["event"] == "load" and e["expert"] == "c")
+        assert load["node"] == node_of_a
+        assert c.executor.node_of("a") is None and c.executor.node_of("b") is not None
+        assert took < 40, f"c waited {took:.0f}s: placement timed out instead of making room"
 
 
 def test_serve_with_ray_address_answers_through_the_cluster(cluster, tmp_path):

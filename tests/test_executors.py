@@ -203,16 +203,34 @@ experts:
 def test_unplaceable_actor_is_an_error_not_a_hang(cfg, ray_session):
     _, _, fp = local_executor(cfg, None)
     ex = ray_executor(cfg, fp, 10**10, placement_timeout_s=3)
+    from composer.ray_executor import ExpertActor
+
+    # someone else's work on the cluster: an actor holding CPUs that this executor cannot unload
+    hog = ray_session.remote(num_cpus=1.5)(ExpertActor).remote(spec_of(cfg)("quick"), None)
     try:
         never = ex.run_stage([WorkItem(Query("x", id="a"), "gpu-only")])
         first = ex.run_stage([WorkItem(Query("x", id="b"), "quick")])  # holds 0.5 of 2 CPUs
-        busy = ex.run_stage([WorkItem(Query("y", id="c"), "greedy")])  # wants all 2 CPUs
+        assert ray_session.get(hog.ready.remote(), timeout=30)[0] > 0  # holds the other 1.5
+        # wants all 2 CPUs: unloading "quick" would free 0.5 only, so nothing is unloaded
+        busy = ex.run_stage([WorkItem(Query("y", id="c"), "greedy")])
+        assert "quick" in ex.resident
+        ray_session.kill(hog)
+        for _ in range(100):  # Ray returns a killed actor's CPUs a moment later
+            if ray_session.available_resources().get("CPU", 0) >= 1.5:
+                break
+            time.sleep(0.1)
+        # the hog gone, unloading "quick" makes room: greedy is placed at once
+        room = ex.run_stage([WorkItem(Query("z", id="d"), "greedy")])
     finally:
+        ray_session.kill(hog)
         ex.close()
     assert "never be placed" in never.candidates[0].error and "GPU=1" in never.candidates[0].error
     assert first.candidates[0].ok
     err = busy.candidates[0].error
     assert "greedy" in err and "could not be placed within 3s" in err
+    assert room.candidates[0].ok, room.candidates[0].error
+    unloads = [e for e in room.events if e["event"] == "unload"]
+    assert [(e["expert"], e.get("reason")) for e in unloads] == [("quick", "no_room_on_any_node")]
     assert ex.actor_pids() == {}
 
 
