@@ -211,10 +211,13 @@ class RayExecutor(BaseExecutor):
         (then placement waits and fails as before, with its clear error)."""
         if not self.resident or _ray_if_up() is None:
             return []
-        from ray._private.state import available_resources_per_node  # DeveloperAPI
-
         need = {k: v for k, v in self.resources_for(expert).items() if v > 0}
-        free = {node: dict(res) for node, res in available_resources_per_node().items()}
+        try:
+            from ray._private.state import available_resources_per_node  # DeveloperAPI
+
+            free = {node: dict(res) for node, res in available_resources_per_node().items()}
+        except Exception:  # noqa: BLE001 - no per-node view: placement decides, as before
+            return []
         if any(_covers(res, need) for res in free.values()):
             return []
         taken: dict[str, list[str]] = {}
