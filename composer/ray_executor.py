@@ -299,9 +299,11 @@ class RayExecutor(BaseExecutor):
                 events.append({"event": "crash", "expert": expert, "seconds": 0.0, "pid": pid,
                                "error": _short(exc)})
                 self._drop(expert)
-                if streamed:  # a retry would send the streamed part again
+                if streamed:  # a retry here would send the streamed part again; the runtime
+                    # retries (or falls back for) only the batch's queries that streamed nothing
                     raise BackendError(f"its actor crashed after part of the answer was streamed "
-                                       f"({_short(exc)}); {len(queries)} queries failed", expert=expert) from None
+                                       f"({_short(exc)}); {len(queries)} queries failed", expert=expert,
+                                       retryable=True) from None
                 if attempt == 2:
                     raise BackendError(f"its actor crashed again after a restart ({_short(exc)}); "
                                        f"{len(queries)} queries failed", expert=expert, retryable=True) from None
