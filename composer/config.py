@@ -146,7 +146,8 @@ class Settings(_Strict):
     default_pipeline: str | None = Field(None, description=(
         "Pipeline `composer ask` uses when neither --expert nor --pipeline is given."))
     memory_budget_bytes: int | None = Field(None, ge=0, description=(
-        "Memory the scheduler may fill with loaded experts; default: available RAM."))
+        "Memory the scheduler may fill with loaded experts; default: free GPU memory or available RAM "
+        "(with executor: ray on a cluster, the memory its nodes offer to Ray)."))
     executor: Literal["local", "ray"] = Field("local", description="Where experts run.")
     ray_address: str | None = Field(None, description="Ray cluster address; None starts local Ray.")
     reliability: ReliabilitySettings = Field(default_factory=ReliabilitySettings, description=(

@@ -6,7 +6,8 @@ Ray resources it reserved are really returned. Actors are annotated from experts
 `options.num_cpus` (default 0.5: fractional, several small experts share a core),
 `options.num_gpus` (default 0) and `memory` = the expert's footprint.
 
-The memory budget is one number for the whole cluster; Ray decides what fits on which node. When
+The memory budget is one number for the whole cluster (unset, on a cluster: the `memory` Ray's
+nodes offer); Ray decides what fits on which node. When
 no live node has room for an expert's actor, the least recently used resident experts of one node
 are unloaded until it has (`_make_room`), rather than waiting for the placement timeout.
 
@@ -137,6 +138,12 @@ class RayExecutor(BaseExecutor):
         self._owns_ray = False
         self._inflight: set[str] = set()  # experts with a call out (interrupted ones stay here)
         self._nodes: dict[str, str] = {}  # expert -> Ray node id of its actor
+        if address:  # a cluster: no configured budget means what its nodes hold, not this host's RAM
+            scheduler.default_budget = self.cluster_memory
+
+    def cluster_memory(self) -> int:
+        """Bytes of Ray's `memory` resource over the cluster's live nodes (what actors may reserve)."""
+        return int(self._ray().cluster_resources().get("memory", 0))
 
     # -- Ray plumbing -----------------------------------------------------------------------
     def _ray(self):

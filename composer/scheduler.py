@@ -135,19 +135,21 @@ def fmt_bytes(n: int | None) -> str:
 
 class Scheduler:
     """Plans stages under a memory budget. `footprints` maps expert -> bytes; `remote` experts
-    hold no memory and cost no load. `memory_budget=None` means `default_memory_budget()`,
-    measured on first use."""
+    hold no memory and cost no load. `memory_budget=None` means `default_budget()` (by default
+    `default_memory_budget()`; the Ray executor on a cluster: the cluster's memory), measured on
+    first use."""
 
     def __init__(self, footprints: dict[str, int], memory_budget: int | None = None,
                  remote: frozenset[str] = frozenset()):
         self.footprints = footprints
         self.memory_budget = memory_budget
         self.remote = remote
+        self.default_budget = default_memory_budget
 
     @property
     def budget(self) -> int:
         if self.memory_budget is None:
-            self.memory_budget = default_memory_budget()
+            self.memory_budget = int(self.default_budget())
         return self.memory_budget
 
     def footprint(self, expert: str) -> int:

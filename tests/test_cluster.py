@@ -81,6 +81,20 @@ def test_a_full_cluster_makes_room_by_unloading_the_least_recently_used(cluster)
         assert took < 40, f"c waited {took:.0f}s: placement timed out instead of making room"
 
 
+def test_an_unset_budget_on_a_cluster_is_the_clusters_memory(cluster):
+    """Without settings.memory_budget_bytes, the budget on a cluster is the memory its nodes offer
+    to Ray, not the RAM of the host the Composer happens to run on."""
+    import ray
+
+    text = registry().replace(", memory_budget_bytes: 4000000000", "")
+    with Composer(parse_config(text, check_files=False), ray_address=cluster.address) as c:
+        assert c.ask("Say hi.", expert="a").ok
+        offered = ray.cluster_resources()["memory"]
+        per_node = [n["Resources"].get("memory", 0) for n in ray.nodes() if n["Alive"]]
+        assert len(per_node) == 2 and offered == pytest.approx(sum(per_node))
+        assert c.executor.scheduler.budget == int(offered)
+
+
 def test_serve_with_ray_address_answers_through_the_cluster(cluster, tmp_path):
     cfg = tmp_path / "experts.yaml"
     cfg.write_text(registry())
