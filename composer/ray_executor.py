@@ -7,9 +7,9 @@ Ray resources it reserved are really returned. Actors are annotated from experts
 `options.num_gpus` (default 0) and `memory` = the expert's footprint.
 
 The memory budget is one number for the whole cluster (unset, on a cluster: the `memory` Ray's
-nodes offer); Ray decides what fits on which node. When
-no live node has room for an expert's actor, the least recently used resident experts of one node
-are unloaded until it has (`_make_room`), rather than waiting for the placement timeout.
+nodes offer); Ray decides what fits on which node. When no live node has room for an expert's
+actor, the least recently used resident experts of one node are unloaded until it has
+(`_make_room`), rather than waiting for the placement timeout.
 
 Never blocks forever:
 - placement: a request larger than the cluster's total resources fails at once; otherwise the

@@ -98,24 +98,26 @@ def run_benchmark(*, runs: int = 7, first_token: float = 0.2, delay: float = 2.0
     res: dict = {"runs": runs, "cpus": os.cpu_count()}
     from composer.core import Composer
 
+    def alternating(executor: str | None, first: int) -> tuple[list[float], list[float]]:
+        """llama.cpp on its own and composer, turn about; run 0 of each pays the page-in of the
+        weights and is dropped."""
+        own, comp = [], []
+        with Composer.from_yaml(REPO / "experts.yaml", executor=executor) as c:
+            for i in range(first, first + runs + 1):
+                own.append(own_llm.ttft(i))
+                comp.append(inprocess_ttft(c, i))
+        return own[1:], comp[1:]
+
     log("llama.cpp on its own vs composer in-process (alternating runs) ...")
     own_llm = LlamaOwn()
-    own, inproc, own2 = [], [], []
-    with Composer.from_yaml(REPO / "experts.yaml") as c:
-        for i in range(runs + 1):  # run 0 of each pays the page-in of the weights: dropped
-            own.append(own_llm.ttft(i))
-            inproc.append(inprocess_ttft(c, i))
-    own, inproc = own[1:], inproc[1:]
+    own, inproc = alternating(None, 0)  # the registry's own executor
+    own2: list[float] = []
     if ray:
         log("llama.cpp on its own vs composer with the expert in a Ray actor (alternating runs) ...")
-        own_r, in_actor = [], []
-        with Composer.from_yaml(REPO / "experts.yaml", executor="ray") as c:
-            for i in range(200, 201 + runs):
-                own_r.append(own_llm.ttft(i))
-                in_actor.append(inprocess_ttft(c, i))
-        res["smollm2_ray_actor"] = {"llama_cpp_own_ms": 1e3 * statistics.median(own_r[1:]),
-                                    "composer_ray_actor_ms": 1e3 * statistics.median(in_actor[1:]),
-                                    "ray_actor_over_own": statistics.median(in_actor[1:]) / statistics.median(own_r[1:])}
+        own_r, in_actor = alternating("ray", 200)
+        res["smollm2_ray_actor"] = {"llama_cpp_own_ms": 1e3 * statistics.median(own_r),
+                                    "composer_ray_actor_ms": 1e3 * statistics.median(in_actor),
+                                    "ray_actor_over_own": statistics.median(in_actor) / statistics.median(own_r)}
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     up_cmd = [sys.executable, "-m", "composer.evals.fake_upstream", "--port", str(up_port), "--delay", str(delay),

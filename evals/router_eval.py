@@ -158,8 +158,8 @@ def evaluate(train: OutcomeTable, test: OutcomeTable | None, routers: list[str],
             if name == "oracle":
                 r.fit(test)
             else:
-                held_out = cv or cv_by_task
-                r.fit(train.filter(query_ids=np.delete(np.asarray(rep.query_ids), idx).tolist()) if held_out else train)
+                r.fit(train.filter(query_ids=np.delete(np.asarray(rep.query_ids), idx).tolist()) if test is train
+                      else train)
             if list(r.experts_) != experts:  # a fold's table listing its experts in another order
                 raise RoutingError(f"router '{name}' was fitted on experts {r.experts_}, expected {experts}")
             t1 = time.perf_counter()

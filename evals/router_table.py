@@ -64,8 +64,8 @@ def routerdc_table(folder: Path, routers: list[str], *, params: dict[str, dict] 
     singles = {e: _row(p["task_accuracy"]) for e, p in res["singles"].items()}
     best = max(singles, key=lambda e: singles[e]["id_avg"])
     rows[f"best single model ({_short(best)})"] = singles[best]
-    per_task = {t: max(singles, key=lambda e: res["singles"][e]["task_accuracy"][t]) for t in [*ID_FILES, *OOD_FILES]}
-    rows[TASK_BEST] = _row({t: res["singles"][e]["task_accuracy"][t] for t, e in per_task.items()})
+    per_task = {t: b["expert"] for t, b in res["best_single_per_task"].items()}
+    rows[TASK_BEST] = _row({t: b["accuracy"] for t, b in res["best_single_per_task"].items()})
     rows["RouterDC, published"] = dict(PUBLISHED)
     for name in routers:
         rows[f"composer `{name}`"] = _row(res["routers"][name]["default"]["task_accuracy"])
