@@ -81,6 +81,7 @@ COMMAND_MODULES = (
     "composer.cli.aggregation",
     "composer.cli.outcomes",
     "composer.cli.routers",
+    "composer.cli.router_signal",
     "composer.cli.serve",
     "composer.cli.bench_service",
     "composer.cli.bench_gateway",
