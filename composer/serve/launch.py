@@ -36,6 +36,60 @@ def latency_defaults() -> None:
         os.environ.setdefault(k, v)
 
 
+def direct_ingress(port: int) -> None:
+    """Ray Serve's direct ingress, for one replica on a local Ray: the replica itself listens on
+    `port`, so a request skips the proxy's hop to the replica and its second call to fetch the body
+    (measured by `composer bench service`). Its port range is that one port; it is handed back at
+    once when the replica stops (no quarantine: nothing else on this machine shares the range) and
+    the replica stops without a load balancer's deregistration wait. Set before Ray starts, so its
+    controller and the replica read it."""
+    for k, v in (("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1"), ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(port)),
+                 ("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(port + 1)),
+                 ("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0"), ("RAY_SERVE_PORT_QUARANTINE_S", "0")):
+        os.environ[k] = v
+
+
+def wait_free(host: str, port: int, timeout_s: float, echo=print) -> bool:
+    """True once `host:port` can be bound the way the replica's server binds it. Ray gives the
+    replica one try per port and then blocks the port, so the port must be free first: a port
+    another process listens on fails at once; one held only by the last server's closed
+    connections (TIME_WAIT, up to a minute after a restart) is waited for, up to `timeout_s`."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+                return True
+            except OSError:
+                pass
+        if wait_listening(host, port, 0.01) or time.monotonic() >= deadline:
+            return False
+        if not told:
+            echo(f"composer serve: waiting for {host}:{port} to be released by the last server's connections ...")
+            told = True
+        time.sleep(0.5)
+
+
+def wait_listening(host: str, port: int, timeout_s: float) -> bool:
+    """True once `host:port` accepts a TCP connection (bounded by `timeout_s`)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def init_ray(ray_address: str | None):
     """Join the cluster at `ray_address`, or start a local Ray sized to this machine. Returns
     True when this process started Ray (and must stop it)."""
@@ -55,7 +109,8 @@ def init_ray(ray_address: str | None):
 def run_server(config_path: str, host: str, port: int, key_hashes: list[str], options: ServeOptions,
                echo=print, ray_address: str | None = None, config=None) -> int:
     """Start (or join) Ray and the app, block until SIGTERM/SIGINT, drain, shut down. Returns an
-    exit code."""
+    exit code. With `options.direct_ingress` (one replica, local Ray: the CLI checks) the replica
+    serves `port` itself and Ray Serve's proxy moves to a free loopback port."""
     import signal
     import threading
 
@@ -64,12 +119,34 @@ def run_server(config_path: str, host: str, port: int, key_hashes: list[str], op
 
     stop = threading.Event()
     latency_defaults()
+    proxy_host, proxy_port = host, port
+    if options.direct_ingress:
+        from composer.backends.server import free_port
+
+        if not wait_free(host, port, 90, echo):
+            echo(f"composer serve: {host}:{port} is in use by another process; stop it or pick another --port")
+            return 1
+        direct_ingress(port)
+        proxy_host, proxy_port = "127.0.0.1", free_port()
     owns = init_ray(ray_address)
     try:
         quiet = {"log_level": "WARNING", "enable_access_log": False}
-        serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
-        handle = serve.run(build_app(config_path, key_hashes, options, config=config), name="composer", route_prefix="/",
-                           blocking=False, logging_config=quiet)
+        serve.start(http_options={"host": proxy_host, "port": proxy_port}, logging_config=quiet)
+        try:
+            handle = serve.run(build_app(config_path, key_hashes, options, config=config), name="composer",
+                               route_prefix="/", blocking=False, logging_config=quiet)
+        except RuntimeError as exc:
+            if not options.direct_ingress:
+                raise
+            echo(f"composer serve: the replica could not start serving {host}:{port} (direct ingress): {exc}; "
+                 "the replica's log under Ray's session logs/serve/ says why (a port taken meanwhile?)")
+            serve.shutdown()
+            return 1
+        if options.direct_ingress and not wait_listening(host, port, 60):
+            echo(f"composer serve: the replica did not start listening on {host}:{port} within 60 s "
+                 "(direct ingress); is the port taken?")
+            serve.shutdown()
+            return 1
         for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
             signal.signal(sig, lambda *_: stop.set())
         ctx = ray.get_runtime_context()
@@ -80,7 +157,8 @@ def run_server(config_path: str, host: str, port: int, key_hashes: list[str], op
         except AttributeError:
             session = "(on the cluster's nodes)"
         echo(f"composer serve: ready on http://{host}:{port}/v1 (config {config_path}; {where}, {nodes} node(s), "
-             f"{options.replicas} replica(s), job {ctx.get_job_id()}; ray logs {session})")
+             f"{options.replicas} replica(s){' serving the port itself (direct ingress)' if options.direct_ingress else ''}, "
+             f"job {ctx.get_job_id()}; ray logs {session})")
         while not stop.wait(0.5):
             pass
         echo("composer serve: draining in-flight requests ...")

@@ -20,6 +20,7 @@ class ServeOptions:
     reliability: dict = field(default_factory=dict)  # Reliability keyword arguments
     replicas: int = 1               # ingress replicas (Ray Serve); local experts live with their owner
     metrics_public: bool = False    # /metrics without a key (for a scraper inside the cluster)
+    direct_ingress: bool = False    # the one local replica listens on the port itself (no proxy hop)
 
 
 def hash_key(key: str) -> str:
