@@ -104,8 +104,6 @@ def _concurrent(fn, clients: int, per_client: int) -> list[float]:
 
 
 def bench_overhead(n: int = 200, clients: int = 8, log=print) -> dict:
-    import httpx
-
     from composer.sdk import Composer
 
     with tempfile.TemporaryDirectory() as d:
@@ -123,26 +121,38 @@ def bench_overhead(n: int = 200, clients: int = 8, log=print) -> dict:
 
             res["inproc_sequential"] = _summary(_concurrent(local, 1, n))
             res["inproc_concurrent"] = _summary(_concurrent(local, clients, n // clients))
-        log("overhead: HTTP through composer serve")
-        with Server(cfg) as srv:
-            pool = [httpx.Client(base_url=srv.base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-                    for _ in range(clients)]
-            body = lambda i: {"model": "fixed200", "messages": [{"role": "user", "content": f"question {i}"}]}  # noqa: E731
+        for label, extra in (("http", []), ("direct", ["--direct-ingress"])):
+            log(f"overhead: HTTP through composer serve {' '.join(extra) or '(Ray Serve proxy)'}")
+            res.update(_http_overhead(cfg, extra, label, n, clients))
+    for label in ("http", "direct"):
+        for mode in ("sequential", "concurrent"):
+            over = res[f"{label}_{mode}"]["p50_ms"] - res[f"inproc_{mode}"]["p50_ms"]
+            key = "overhead" if label == "http" else "overhead_direct"
+            res[f"{key}_{mode}_p50_ms"] = round(over, 2)
+            res[f"{key}_{mode}_met"] = over <= TARGET_OVERHEAD_MS
+    return res
 
-            def remote(ci, i):
-                r = pool[ci].post("/v1/chat/completions", json=body(i))
-                assert r.status_code == 200, r.text
 
-            for i in range(5):
-                remote(0, i)
-            res["http_sequential"] = _summary(_concurrent(remote, 1, n))
-            res["http_concurrent"] = _summary(_concurrent(remote, clients, n // clients))
-            for p in pool:
-                p.close()
-    for mode in ("sequential", "concurrent"):
-        over = res[f"http_{mode}"]["p50_ms"] - res[f"inproc_{mode}"]["p50_ms"]
-        res[f"overhead_{mode}_p50_ms"] = round(over, 2)
-        res[f"overhead_{mode}_met"] = over <= TARGET_OVERHEAD_MS
+def _http_overhead(cfg: Path, extra: list[str], label: str, n: int, clients: int) -> dict:
+    """Sequential, then concurrent, latency of chat requests to a `composer serve` started with `extra`."""
+    import httpx
+
+    res = {}
+    with Server(cfg, extra) as srv:
+        pool = [httpx.Client(base_url=srv.base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+                for _ in range(clients)]
+        body = lambda i: {"model": "fixed200", "messages": [{"role": "user", "content": f"question {i}"}]}  # noqa: E731
+
+        def remote(ci, i):
+            r = pool[ci].post("/v1/chat/completions", json=body(i))
+            assert r.status_code == 200, r.text
+
+        for i in range(5):
+            remote(0, i)
+        res[f"{label}_sequential"] = _summary(_concurrent(remote, 1, n))
+        res[f"{label}_concurrent"] = _summary(_concurrent(remote, clients, n // clients))
+        for p in pool:
+            p.close()
     return res
 
 
@@ -296,12 +306,16 @@ def format_report(res: dict) -> str:
     o = res.get("overhead")
     if o:
         lines.append("endpoint overhead (fake expert, fixed 200 ms per batch)")
-        lines.append(f"{'mode':<12}{'in-process p50':>16}{'HTTP p50':>12}{'overhead':>12}{'HTTP p90':>12}  target <= 10 ms")
-        for mode in ("sequential", "concurrent"):
-            i, h = o[f"inproc_{mode}"], o[f"http_{mode}"]
-            met = "met" if o[f"overhead_{mode}_met"] else "MISSED"
-            lines.append(f"{mode:<12}{i['p50_ms']:>14.1f}ms{h['p50_ms']:>10.1f}ms{o[f'overhead_{mode}_p50_ms']:>10.1f}ms"
-                         f"{h['p90_ms']:>10.1f}ms  {met}")
+        lines.append(f"{'server':<18}{'mode':<12}{'in-process p50':>16}{'HTTP p50':>12}{'overhead':>12}{'HTTP p90':>12}"
+                     "  target <= 10 ms")
+        for label, key, name in (("http", "overhead", "via the proxy"), ("direct", "overhead_direct", "--direct-ingress")):
+            if f"{label}_sequential" not in o:
+                continue
+            for mode in ("sequential", "concurrent"):
+                i, h = o[f"inproc_{mode}"], o[f"{label}_{mode}"]
+                met = "met" if o[f"{key}_{mode}_met"] else "MISSED"
+                lines.append(f"{name:<18}{mode:<12}{i['p50_ms']:>14.1f}ms{h['p50_ms']:>10.1f}ms"
+                             f"{o[f'{key}_{mode}_p50_ms']:>10.1f}ms{h['p90_ms']:>10.1f}ms  {met}")
     s = res.get("soak")
     if s:
         lines.append("")
