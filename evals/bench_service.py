@@ -4,7 +4,8 @@
    Composer) minus p50 of the same request through the SDK's in-process `Composer` (same
    registry, same stream mode), on a fake expert with a fixed 200 ms generation per batch
    (fake on purpose: the generation time must be fixed). 200 sequential requests, then 200
-   more from 8 concurrent clients. Target: <= 10 ms.
+   more from 8 concurrent clients, to the default server (through Ray Serve's proxy) and then
+   to one started with `--direct-ingress` (the replica serves the port itself). Target: <= 10 ms.
 2. Fault soak: >= 2,000 requests from 8 concurrent clients to three fake experts that each fail
    25 % of calls at random (retryable), falling back to each other, plus one real llama.cpp
    server expert (SmolLM2, managed by composer inside the replica) whose server process is
