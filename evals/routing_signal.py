@@ -65,15 +65,9 @@ def _cv_task(make: Callable[[], Any], X: np.ndarray, Y: np.ndarray, fold: np.nda
     base = np.full(n, np.nan)
     for f in range(k):
         te, tr = fold == f, fold != f
-        Ytr = Y[tr]
-        with np.errstate(all="ignore"):
-            means = np.nanmean(Ytr, axis=0)
-        r = make()
-        r.experts_ = [str(j) for j in range(Y.shape[1])]
-        r.train_means_ = np.nan_to_num(means, nan=0.0)
-        r._fit(X[tr], Ytr, None)  # noqa: SLF001 - the router's own fit on precomputed vectors
-        P[te] = r._predict(X[te])  # noqa: SLF001
-        base[te] = Y[te, int(np.nanargmax(np.nan_to_num(means, nan=-np.inf)))]
+        r = make().fit_vectors(X[tr], Y[tr], [str(j) for j in range(Y.shape[1])])
+        P[te] = r._predict(X[te])  # noqa: SLF001 - the router's own prediction on precomputed vectors
+        base[te] = Y[te, int(np.argmax(r.train_means_))]
     pick = np.argmax(np.nan_to_num(P, nan=-np.inf), axis=1)
     got = Y[np.arange(n), pick]
     ok = np.isfinite(got) & np.isfinite(base)
@@ -88,7 +82,6 @@ def routing_signal(table, routers: Sequence[str] = ("knn",), *, folds: int = 5, 
     """Per router and task: CV gain over the task's best expert and the query-by-expert
     correlation, each with its permutation null and p-value (see the module doc)."""
     from composer.routers.base import make_router
-    from composer.routers.embed import Embedder
 
     if folds < 2:
         raise RoutingError(f"folds must be 2 or more, got {folds}")
@@ -116,13 +109,11 @@ def routing_signal(table, routers: Sequence[str] = ("knn",), *, folds: int = 5, 
     if not tasks:
         raise RoutingError(f"{table.source}: no task has {folds * MIN_PER_FOLD} queries or more for {folds}-fold "
                            f"cross-validation ({skipped})")
-    vectors: dict[str, np.ndarray] = {}
-    shared = embedder
-    for name, r in protos.items():
-        spec = r.embedding_model
-        if spec not in vectors:
-            emb = shared if shared is not None and shared.model_id == Embedder(spec).model_id else Embedder(spec)
-            vectors[spec] = np.asarray(emb.encode(prompts), dtype=np.float32)
+    vectors: dict[str, np.ndarray] = {}  # one embedding pass per spec, shared by the routers using it
+    for r in protos.values():
+        if r.embedding_model not in vectors:
+            vectors[r.embedding_model] = np.asarray(r.use_embedder(embedder).embedder.encode(prompts),
+                                                    dtype=np.float32)
     rng = np.random.default_rng(seed)
     idx = {t: np.flatnonzero(labels == t) for t in tasks}
     fold = {t: _folds(len(idx[t]), folds, rng) for t in tasks}
@@ -133,7 +124,7 @@ def routing_signal(table, routers: Sequence[str] = ("knn",), *, folds: int = 5, 
     for name, proto in protos.items():
         X = vectors[proto.embedding_model]
 
-        def make(proto=proto, name=name):
+        def make(name=name):
             return make_router(name, **{"seed": seed, **params.get(name, {})})
 
         real = {t: _cv_task(make, X[idx[t]], Y[idx[t]], fold[t], folds) for t in tasks}

@@ -173,6 +173,16 @@ class Router:
         self._fit(self._features(outcomes.prompts()), Y, outcomes)
         return self
 
+    def fit_vectors(self, X, Y: np.ndarray, experts: Sequence[str]) -> "Router":
+        """Fit on query vectors already computed and a credit matrix (columns in `experts` order),
+        without a table: for routers fitted inside others (the stack's bases) or many times over
+        the same vectors (the routing-signal test). Returns self."""
+        self.experts_ = list(experts)
+        with np.errstate(all="ignore"):
+            self.train_means_ = np.nan_to_num(np.nanmean(Y, axis=0), nan=0.0)
+        self._fit(X, Y, None)
+        return self
+
     def _fit(self, X, Y: np.ndarray, table) -> None:
         raise NotImplementedError
 

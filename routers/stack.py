@@ -98,12 +98,8 @@ class StackRouter(Router):
             if b == "prior":
                 fitted[b] = TaskPrior(self.prior_C, self.seed).fit(X, Y, labels)
                 continue
-            r = make_router(b, seed=self.seed, embedding_model=self.embedding_model)
-            r.experts_ = list(self.experts_)
-            with np.errstate(all="ignore"):
-                r.train_means_ = np.nan_to_num(np.nanmean(Y, axis=0), nan=0.0)
-            r._fit(X, Y, None)
-            fitted[b] = r
+            fitted[b] = make_router(b, seed=self.seed, embedding_model=self.embedding_model).fit_vectors(
+                X, Y, self.experts_)
         return fitted
 
     @staticmethod
