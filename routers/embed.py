@@ -1,7 +1,9 @@
 """Sentence embeddings for routers, cached per prompt on disk.
 
 `Embedder("embedded:all-minilm-l6-v2")` (the default, shipped as a wheel) or any local
-sentence-transformers folder. Vectors are L2-normalised float32. Every vector is cached on disk
+sentence-transformers folder; a spec naming a GGUF model (`embedded:smollm2-135m-instruct`,
+`embedded:gemma3-270m`, a `.gguf` path) embeds with that LLM's mean-pooled hidden states
+instead (`embed_gguf.py`). Vectors are L2-normalised float32. Every vector is cached on disk
 keyed by (embedding spec, sha256 of the text), so training, evaluation and benchmarks embed each
 prompt once; a per-instance memory cache makes repeated lookups in one process free.
 
@@ -97,13 +99,14 @@ class Embedder:
         self._tuner: _ThreadTuner | None = None
         self._st = None
         self._fast = None
+        self._gguf = None
         self._db: sqlite3.Connection | None = None
         self._memory: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     # -- model --------------------------------------------------------------------------------
     def load(self) -> "Embedder":
-        if self._st is None:
+        if self._st is None and self._gguf is None:
             from composer.models import resolve_model_path
             from composer.offline import ensure_offline
 
@@ -113,6 +116,9 @@ class Embedder:
 
             hf_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output
             path = resolve_model_path(self.base_model)
+            if path.suffix == ".gguf":  # a decoder LLM's hidden states (embed_gguf.py)
+                self._gguf = self._gguf_encoder(path)
+                return self
             st = SentenceTransformer(str(path), device=self.device)
             if self.layers:
                 _keep_layers(st, self.layers, self.model)
@@ -121,6 +127,15 @@ class Embedder:
             self._st = st
             self._fast = self._fast_path()
         return self
+
+    def _gguf_encoder(self, path):
+        from composer.errors import RoutingError
+        from composer.routers.embed_gguf import GGUFEncoder
+
+        if self.layers:
+            raise RoutingError(f"embedding spec {self.model!r}: 'layers' needs a BERT-style sentence-transformers "
+                               f"model; {path.name} is a GGUF model, which llama.cpp runs whole")
+        return GGUFEncoder(path, max_seq=self.max_seq_length, spec=self.model)
 
     def _fast_path(self):
         """A direct tokenizer + transformer + mean-pool + normalise call for one text, used when
@@ -170,6 +185,8 @@ class Embedder:
     @property
     def dim(self) -> int:
         self.load()
+        if self._gguf is not None:
+            return self._gguf.dim
         st = self._st
         get = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
         return int(get())
@@ -250,6 +267,8 @@ class Embedder:
 
     def _compute(self, texts: list[str]) -> np.ndarray:
         self.load()
+        if self._gguf is not None:
+            return self._gguf.encode(texts)
         if self.threads is not None or len(texts) <= _TUNE_CHUNK:
             return self._encode(texts)
         # Tuned threads: embed a long list in chunks of similar length (shortest first, as
