@@ -27,6 +27,7 @@ expert per task except by chance.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -95,7 +96,10 @@ def routing_signal(table, routers: Sequence[str] = ("knn",), *, folds: int = 5, 
     if other:
         raise RoutingError(f"router(s) {other}: the signal test takes routers that learn each expert's score "
                            f"from the query's embedding alone: {', '.join(LEARNED)}")
-    protos = {name: make_router(name, **{"seed": seed, **params.get(name, {})}) for name in routers}
+    def build(name: str):  # a fresh router as the user configured it (one per CV fold below)
+        return make_router(name, **{"seed": seed, **params.get(name, {})})
+
+    protos = {name: build(name) for name in routers}
     Y = table.credit_matrix(experts).to_numpy(dtype=float)
     labels = np.asarray(table.task_of().tolist())
     prompts = list(table.prompts())
@@ -123,9 +127,7 @@ def routing_signal(table, routers: Sequence[str] = ("knn",), *, folds: int = 5, 
                            "routers": {}}
     for name, proto in protos.items():
         X = vectors[proto.embedding_model]
-
-        def make(name=name):
-            return make_router(name, **{"seed": seed, **params.get(name, {})})
+        make = partial(build, name)
 
         real = {t: _cv_task(make, X[idx[t]], Y[idx[t]], fold[t], folds) for t in tasks}
         null = {t: np.empty((permutations, 2)) for t in tasks}

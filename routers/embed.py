@@ -111,14 +111,14 @@ class Embedder:
             from composer.offline import ensure_offline
 
             ensure_offline()
+            path = resolve_model_path(self.base_model)
+            if path.suffix == ".gguf":  # a decoder LLM's hidden states (embed_gguf.py): no torch needed
+                self._gguf = self._gguf_encoder(path)
+                return self
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output
-            path = resolve_model_path(self.base_model)
-            if path.suffix == ".gguf":  # a decoder LLM's hidden states (embed_gguf.py)
-                self._gguf = self._gguf_encoder(path)
-                return self
             st = SentenceTransformer(str(path), device=self.device)
             if self.layers:
                 _keep_layers(st, self.layers, self.model)
@@ -303,6 +303,9 @@ class Embedder:
         return np.asarray(v, dtype=np.float32)
 
     def close(self) -> None:
+        if self._gguf is not None:  # llama.cpp's model and context are freed now, not at collection
+            self._gguf.close()
+            self._gguf = None
         if self._db is not None:
             self._db.close()
             self._db = None

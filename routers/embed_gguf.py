@@ -12,19 +12,12 @@ it, and on CPU batching short sequences gains little.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-
-def _threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
+from composer.routers.embed import _cpus
 
 
 class GGUFEncoder:
@@ -41,7 +34,7 @@ class GGUFEncoder:
         self.max_seq = int(max_seq or 256)
         try:
             self._llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=self.max_seq,
-                                        n_batch=self.max_seq, n_ubatch=self.max_seq, n_threads=_threads(),
+                                        n_batch=self.max_seq, n_ubatch=self.max_seq, n_threads=max(1, min(4, _cpus())),
                                         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise RoutingError(f"embedding spec {spec!r}: llama.cpp could not load {path}: {exc}") from None
